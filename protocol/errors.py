@@ -1,0 +1,34 @@
+"""The single error type that every ansim decoder raises, whatever the input.
+
+Callers switch on ``reason`` (a short, stable word listed in SPEC.md), not on the message,
+which is for people.
+"""
+
+SHORT = "short"          # fewer bytes than the smallest frame of its kind
+LENGTH = "length"        # length does not match the frame type
+VERSION = "version"      # protocol version this implementation does not speak
+ENVELOPE = "envelope"    # unknown envelope code in the header
+TYPE = "type"            # unknown frame type
+DIRECTION = "direction"  # frame type not allowed in this direction or envelope
+TAG = "tag"              # authentication failed (wrong key, tampered or corrupted frame)
+VALUE = "value"          # a field is out of range or an enum code is unknown
+REPLAY = "replay"        # counter not above the last accepted one
+CHECKSUM = "checksum"    # serial-line CRC mismatch
+FRAMING = "framing"      # serial-line COBS block malformed or oversize
+ADVERTISEMENT = "advertisement"  # BLE advertising data malformed or without an ansim frame
+TOPIC = "topic"          # MQTT topic outside the ansim scheme
+
+REASONS = (SHORT, LENGTH, VERSION, ENVELOPE, TYPE, DIRECTION, TAG, VALUE, REPLAY,
+           CHECKSUM, FRAMING, ADVERTISEMENT, TOPIC)
+
+
+class FrameError(ValueError):
+    """A frame, advertisement, serial block or topic was rejected.
+
+    ``reason`` is one of ``REASONS``; ``str(err)`` is a one-line explanation for a person.
+    """
+
+    def __init__(self, reason, detail):
+        super().__init__(reason + ": " + detail)
+        self.reason = reason
+        self.detail = detail
