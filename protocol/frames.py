@@ -302,8 +302,7 @@ def build_plain(kind, fields, keys, device_id, counter, downlink=False):
         raise FrameError(VALUE, "device id %r outside 32 bits" % (device_id,))
     envelope = PLAIN_DOWN if downlink else PLAIN_UP
     head = bytes([(VERSION_1 << 4) | envelope]) + struct.pack(">I", device_id)
-    signed = head + _inner(kind, counter, fields, downlink)
-    return signed + hmac_sha256(keys.auth(downlink), signed)[:PLAIN_TAG_SIZE]
+    return sign_plain(head + _inner(kind, counter, fields, downlink), keys, downlink)
 
 
 def build_sealed(kind, fields, keys, counter, epoch, downlink=False):
@@ -313,6 +312,16 @@ def build_sealed(kind, fields, keys, counter, epoch, downlink=False):
         raise FrameError(DIRECTION, "%s does not travel sealed" % kind)
     clear += bytes(SEALED_SIZE - SEALED_TAG_SIZE - 1 - RID_SIZE - len(clear))
     head = bytes([(VERSION_1 << 4) | (SEALED_DOWN if downlink else SEALED_UP)]) + rotating_id(keys, epoch)
+    return seal(head, clear, keys, downlink)
+
+
+def sign_plain(signed, keys, downlink):
+    """Append the 8-byte tag to the header and inner bytes of a plain frame."""
+    return signed + hmac_sha256(keys.auth(downlink), signed)[:PLAIN_TAG_SIZE]
+
+
+def seal(head, clear, keys, downlink):
+    """Encrypt and tag the padded clear part of a sealed frame (SIV: the tag is the IV)."""
     tag = hmac_sha256(keys.auth(downlink), head + clear)[:SEALED_TAG_SIZE]
     return head + xor(clear, keystream(keys.enc(downlink), tag, len(clear))) + tag
 

@@ -1,0 +1,131 @@
+"""Every golden and negative vector, checked on CPython by the codec, by `ansim decode`, and
+(for advertisements) by bumble's independent AD parser."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from bumble.core import AdvertisingData
+
+from ansim_protocol import ble, frames
+from ansim_protocol.crypto import DeviceKeys, rotating_id
+from ansim_protocol.errors import REASONS, FrameError
+from ansim_tools import make_vectors
+
+VECTORS_FILE = pathlib.Path(frames.__file__).parent / "vectors.json"
+VECTORS = json.loads(VECTORS_FILE.read_text())["vectors"]
+POSITIVE = [v for v in VECTORS if "expect" in v]
+NEGATIVE = [v for v in VECTORS if "error" in v]
+ANSIM = [sys.executable, "-m", "ansim_tools.cli"]
+
+
+def by_name(vectors):
+    return pytest.mark.parametrize("vector", vectors, ids=[v["name"] for v in vectors])
+
+
+def test_vector_file_is_what_the_encoder_writes():
+    assert json.loads(VECTORS_FILE.read_text()) == json.loads(json.dumps(make_vectors.build()))
+
+
+def test_vectors_cover_every_frame_type_and_every_rejection_of_a_frame():
+    assert {v["expect"]["type"] for v in POSITIVE} == {name for name, _, _ in frames.TYPES.values()}
+    frame_reasons = set(REASONS) - {"checksum", "framing", "topic"}  # serial and MQTT, tested elsewhere
+    assert {v["error"] for v in NEGATIVE} == frame_reasons
+
+
+@by_name(POSITIVE)
+def test_positive_vector_decodes_and_reencodes_to_the_same_bytes(vector):
+    keys = DeviceKeys(bytes.fromhex(vector["key"]))
+    data = bytes.fromhex(vector["hex"])
+    frame = frames.unpack(data, keys)
+    assert frame.to_dict() == vector["expect"]
+    expect = vector["expect"]
+    downlink = expect["envelope"].endswith("down")
+    if frame.sealed:
+        assert frame.rid == rotating_id(keys, vector["epoch"])
+        again = frames.build_sealed(expect["type"], expect["fields"], keys, expect["counter"],
+                                    vector["epoch"], downlink)
+    else:
+        again = frames.build_plain(expect["type"], expect["fields"], keys,
+                                   int(expect["device_id"], 16), expect["counter"], downlink)
+    assert again == data
+
+
+@by_name(NEGATIVE)
+def test_negative_vector_is_rejected_with_its_reason(vector):
+    keys = DeviceKeys(bytes.fromhex(vector["key"]))
+    with pytest.raises(FrameError) as caught:
+        if vector["error"] == "advertisement":
+            ble.frame_from_advertisement(bytes.fromhex(vector["adv"]))
+        frame = frames.unpack(bytes.fromhex(vector["hex"]), keys)
+        frames.check_fresh(frame.counter, vector.get("last_counter"))
+    assert caught.value.reason == vector["error"]
+
+
+ADVERTISED = [v for v in VECTORS if "adv" in v and v.get("error") != "advertisement"]
+
+
+@by_name(ADVERTISED)
+def test_advertisement_fits_legacy_and_parses_with_bumble(vector):
+    adv = bytes.fromhex(vector["adv"])
+    assert len(adv) <= 31
+    parsed = AdvertisingData.from_bytes(adv)
+    assert bytes(parsed) == adv, "bumble re-serialises the AD structures to the same bytes"
+    assert parsed.get(AdvertisingData.Type.FLAGS) == 0x06
+    company, payload = parsed.get(AdvertisingData.Type.MANUFACTURER_SPECIFIC_DATA)
+    assert company == ble.COMPANY_ID
+    assert payload == bytes.fromhex(vector["hex"])
+
+
+def test_sos_advertisement_is_exactly_31_bytes_and_sealed_frames_are_24():
+    sos = next(v for v in POSITIVE if v["expect"]["type"] == "sos")
+    assert len(bytes.fromhex(sos["adv"])) == 31
+    assert {len(v["hex"]) // 2 for v in POSITIVE if "epoch" in v} == {24}
+
+
+def _decode_cli(*args):
+    return subprocess.run(ANSIM + ["decode", *args], capture_output=True, text=True, timeout=60)
+
+
+@by_name(VECTORS)
+def test_ansim_decode_json_agrees_with_the_vector(vector):
+    args = [vector["adv"] if vector.get("error") == "advertisement" else vector["hex"] or "",
+            "--key", vector["key"], "--json"]
+    if "last_counter" in vector:
+        args += ["--last-counter", str(vector["last_counter"])]
+    result = _decode_cli(*args)
+    if "expect" in vector:
+        assert result.returncode == 0, result.stderr
+        shown = json.loads(result.stdout)
+        assert shown["verified"] is True
+        assert {k: shown[k] for k in vector["expect"]} == vector["expect"]
+    else:
+        assert result.returncode == 1
+        assert result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("invalid frame: %s:" % vector["error"])
+
+
+def test_ansim_decode_reads_a_whole_advertisement():
+    sos = next(v for v in POSITIVE if v["expect"]["type"] == "sos")
+    shown = json.loads(_decode_cli(sos["adv"], "--key", sos["key"], "--json").stdout)
+    assert shown["source"] == "advertisement" and shown["fields"] == sos["expect"]["fields"]
+
+
+def test_ansim_decode_without_key_shows_only_the_header_and_says_so():
+    sos = next(v for v in POSITIVE if v["expect"]["type"] == "sos")
+    result = _decode_cli(sos["hex"])
+    assert result.returncode == 0
+    assert "NOT VERIFIED" in result.stdout and "37.5" not in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["zz"], "input is not hexadecimal"),
+    (["1209", "--key", "00"], "--key must be 16 bytes"),
+])
+def test_ansim_decode_usage_errors_say_what_is_wrong(args, message):
+    result = _decode_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
