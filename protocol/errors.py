@@ -17,9 +17,10 @@ CHECKSUM = "checksum"    # serial-line CRC mismatch
 FRAMING = "framing"      # serial-line COBS block malformed or oversize
 ADVERTISEMENT = "advertisement"  # BLE advertising data malformed or without an ansim frame
 TOPIC = "topic"          # MQTT topic outside the ansim scheme
+UNKNOWN = "unknown"      # device id or rotating id not in the receiver's registry
 
 REASONS = (SHORT, LENGTH, VERSION, ENVELOPE, TYPE, DIRECTION, TAG, VALUE, REPLAY,
-           CHECKSUM, FRAMING, ADVERTISEMENT, TOPIC)
+           CHECKSUM, FRAMING, ADVERTISEMENT, TOPIC, UNKNOWN)
 
 
 class FrameError(ValueError):

