@@ -34,7 +34,12 @@ class TlsFiles:
 
 
 class Pki:
-    """A CA on disk that can issue client certificates; made by :func:`create_pki`."""
+    """A CA on disk that can issue client certificates; made by :func:`create_pki`.
+
+    ``ca_cert`` is the CA's PEM path; ``server`` the broker's :class:`TlsFiles`.
+    """
+
+    server: TlsFiles
 
     def __init__(self, directory: Path, ca_key: ec.EllipticCurvePrivateKey,
                  ca_cert: x509.Certificate, days: int) -> None:
@@ -43,14 +48,6 @@ class Pki:
         self._ca_key = ca_key
         self._ca = ca_cert
         self._days = days
-        self.server: TlsFiles | None = None
-
-    def issue_server(self, hostnames: tuple[str, ...], ips: tuple[str, ...]) -> TlsFiles:
-        """Issue the broker's certificate, valid for the given DNS names and IP addresses."""
-        sans = [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        self.server = self._issue("server", hostnames[0] if hostnames else ips[0],
-                                  ExtendedKeyUsageOID.SERVER_AUTH, sans)
-        return self.server
 
     def client(self, cn: str) -> TlsFiles:
         """Issue a client certificate whose CN (the broker's MQTT username) is ``cn``."""
@@ -101,7 +98,8 @@ def create_pki(directory: Path | str, *, days: int = 3,
     pki = Pki(directory, key, cert, days)
     _write_cert(pki.ca_cert, cert)
     _write_key(directory / "ca.key", key)
-    pki.issue_server(hostnames, ips)
+    sans = [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    pki.server = pki._issue("server", (hostnames or ips)[0], ExtendedKeyUsageOID.SERVER_AUTH, sans)
     return pki
 
 

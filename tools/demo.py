@@ -15,7 +15,8 @@ import time
 import paho.mqtt.client as mqtt
 
 from ansim_protocol import ble, frames, topics
-from ansim_protocol.crypto import DeviceKeys, epoch_of, rotating_id
+from ansim_agent.resolver import RotatingIdResolver
+from ansim_protocol.crypto import DeviceKeys, epoch_of
 from ansim_protocol.errors import UNKNOWN, FrameError
 from ansim_simulators import micropython_vm
 from ansim_simulators.broker import MosquittoBroker
@@ -43,20 +44,19 @@ class EdgeVerifier:
     """The verifying half of the edge, as small as the story needs (issue 3 makes it the agent)."""
 
     def __init__(self, wearable_key, bell_key, now):
-        self.wearable = DeviceKeys(wearable_key)
+        self.wearables = RotatingIdResolver()
+        self.wearables.add(WEARABLE_NAME, DeviceKeys(wearable_key), now)
         self.bell = DeviceKeys(bell_key)
-        epoch = epoch_of(now)
-        self.by_rid = {rotating_id(self.wearable, e): WEARABLE_NAME for e in (epoch - 1, epoch, epoch + 1)}
         self.last_counter = {}
 
     def verify(self, topic, payload):
         scope, _, _ = topics.parse(topic)
         header = frames.peek(payload)
         if header.sealed:
-            who = self.by_rid.get(header.rid)
-            if who is None:
+            found = self.wearables.candidates(header.rid)
+            if not found:
                 raise FrameError(UNKNOWN, "rotating id %s belongs to no registered wearable" % header.rid.hex())
-            keys = self.wearable
+            who, keys, _ = found[0]
         else:
             who, keys = "bell %s" % frames.device_id_hex(header.device_id), self.bell
         frame = frames.unpack(payload, keys)
