@@ -109,29 +109,19 @@ class Header:
         return self.envelope & 1 == 1
 
 
-class Frame:
-    """A verified, decoded frame."""
+class Frame(Header):
+    """A verified, decoded frame: the header plus type, counter and fields."""
 
     def __init__(self, kind, counter, fields, envelope, device_id=None, rid=None):
+        super().__init__(VERSION_1, envelope, device_id, rid)
         self.kind = kind
         self.counter = counter
         self.fields = fields
-        self.envelope = envelope
-        self.device_id = device_id
-        self.rid = rid
-
-    @property
-    def sealed(self):
-        return self.envelope >= SEALED_UP
-
-    @property
-    def downlink(self):
-        return self.envelope & 1 == 1
 
     def to_dict(self):
         """JSON-ready form; ``device_id`` and ``rid`` as lowercase hex (SPEC.md, "Identifiers")."""
         d = {
-            "version": VERSION_1,
+            "version": self.version,
             "envelope": ENVELOPE_NAMES[self.envelope],
             "type": self.kind,
             "counter": self.counter,
