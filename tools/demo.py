@@ -8,11 +8,8 @@ agent (issue 3) and the firmware on virtual boards (issue 4) will take over thes
 
 import json
 import os
-import queue
 import tempfile
 import time
-
-import paho.mqtt.client as mqtt
 
 from ansim_protocol import ble, frames, topics
 from ansim_agent.resolver import RotatingIdResolver
@@ -95,63 +92,38 @@ def run(args):
     say("   (no device id, no position, no event; the id changes every 10 minutes).")
 
     verifier = EdgeVerifier(wearable_key, bell_key, now)
-    received = queue.Queue()
-    with MosquittoBroker() as broker:
+    with MosquittoBroker() as broker, broker.client(client_id="demo-edge") as edge, \
+            broker.client(client_id="demo-radios") as radio:
         say("4. Private mosquitto broker on 127.0.0.1:%d." % broker.port)
-        edge = _client("demo-edge", broker.port)
-        edge.on_message = lambda c, u, m: received.put((m.topic, bytes(m.payload), time.perf_counter()))
-        _subscribe(edge, [(topics.RELAY_FILTER, 1), (topics.UPLINK_FILTER, 1)])
-        radio = _client("demo-radios", broker.port)
-        try:
-            forged = frames.build_sealed("sos", FIX, DeviceKeys(os.urandom(16)), 1, epoch_of(now))
-            story = [
-                ("the BLE relay heard the wearable", topics.topic(RELAY_ID, topics.UP, topics.RELAY), sos),
-                ("the bell, over its WiFi link", topics.topic(BELL_ID, topics.UP), press),
-                ("an attacker replays the captured SOS", topics.topic(RELAY_ID, topics.UP, topics.RELAY), sos),
-                ("an attacker forges an SOS without the key", topics.topic(RELAY_ID, topics.UP, topics.RELAY), forged),
-            ]
-            say("5. Through the broker to the edge, QoS 1:")
-            verified = rejected = 0
-            for label, topic, payload in story:
-                sent = time.perf_counter()
-                radio.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
-                topic_in, payload_in, arrived = received.get(timeout=WAIT_S)
-                try:
-                    who, _, frame = verifier.verify(topic_in, payload_in)
-                except FrameError as err:
-                    rejected += 1
-                    say("   - %s: REJECTED (%s) after %.1f ms" % (label, err, (arrived - sent) * 1e3))
-                    continue
-                verified += 1
-                say("   - %s: VERIFIED %s from %s, counter %d, after %.1f ms"
-                    % (label, frame.kind.upper(), who, frame.counter, (arrived - sent) * 1e3))
-                if frame.fields.get("accuracy_m"):
-                    f = frame.fields
-                    say("     position %.6f, %.6f within %d m (from the wearable's GNSS)"
-                        % (f["lat"], f["lon"], f["accuracy_m"]))
-        finally:
-            for client in (edge, radio):
-                client.loop_stop()
-                client.disconnect()
+        edge.subscribe(topics.RELAY_FILTER)
+        edge.subscribe(topics.UPLINK_FILTER)
+        forged = frames.build_sealed("sos", FIX, DeviceKeys(os.urandom(16)), 1, epoch_of(now))
+        story = [
+            ("the BLE relay heard the wearable", topics.topic(RELAY_ID, topics.UP, topics.RELAY), sos),
+            ("the bell, over its WiFi link", topics.topic(BELL_ID, topics.UP), press),
+            ("an attacker replays the captured SOS", topics.topic(RELAY_ID, topics.UP, topics.RELAY), sos),
+            ("an attacker forges an SOS without the key", topics.topic(RELAY_ID, topics.UP, topics.RELAY), forged),
+        ]
+        say("5. Through the broker to the edge, QoS 1:")
+        verified = rejected = 0
+        for label, topic, payload in story:
+            sent = time.perf_counter()
+            radio.publish(topic, payload)
+            message = edge.next_message(WAIT_S)
+            arrived = time.perf_counter()
+            try:
+                who, _, frame = verifier.verify(message.topic, bytes(message.payload))
+            except FrameError as err:
+                rejected += 1
+                say("   - %s: REJECTED (%s) after %.1f ms" % (label, err, (arrived - sent) * 1e3))
+                continue
+            verified += 1
+            say("   - %s: VERIFIED %s from %s, counter %d, after %.1f ms"
+                % (label, frame.kind.upper(), who, frame.counter, (arrived - sent) * 1e3))
+            if frame.fields.get("accuracy_m"):
+                f = frame.fields
+                say("     position %.6f, %.6f within %d m (from the wearable's GNSS)"
+                    % (f["lat"], f["lon"], f["accuracy_m"]))
     say("6. %d frames verified, %d refused. Next: the edge agent forwards alerts to the control"
         " center and blinks the streetlights (issue 3)." % (verified, rejected))
     return 0 if (verified, rejected) == (2, 2) else 1
-
-
-def _client(name, port):
-    connected = queue.Queue()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-    client.on_connect = lambda c, u, flags, reason, props: connected.put(reason)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    reason = connected.get(timeout=WAIT_S)
-    if reason.is_failure:
-        raise SystemExit("demo: the broker refused %s: %s" % (name, reason))
-    return client
-
-
-def _subscribe(client, subscriptions):
-    done = queue.Queue()
-    client.on_subscribe = lambda c, u, mid, reasons, props: done.put(reasons)
-    client.subscribe(subscriptions)
-    done.get(timeout=WAIT_S)
