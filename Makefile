@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: test test-slow demo system-packages venv clean
 
 test: venv
-	$(BIN)/pytest
+	$(BIN)/pytest -v
 
 # The Hypothesis properties at 100,000 examples each (about 15 minutes on 2 cores).
 test-slow: venv
