@@ -1,0 +1,207 @@
+"""The agent's core: from a received frame to a stored alert and the commands it causes.
+
+decode -> resolve device -> verify -> drop duplicates and replays -> classify -> locate ->
+enrich -> persist -> act. It knows no transport: adapters hand it ``Reception`` objects and
+carry out the ``Downlink`` commands it returns; the uplink reads the outbox in the store.
+Frames are processed in batches with one commit per batch, and every sender's ``ack`` runs
+only after that commit, so nothing is acknowledged before it is on disk.
+"""
+
+import hashlib
+import logging
+import time
+
+from ansim_protocol import frames, topics
+from ansim_protocol.errors import DIRECTION, REPLAY, TOPIC, UNKNOWN, FrameError
+
+from . import alerts, geo
+from .resolver import RotatingIdResolver
+
+log = logging.getLogger("ansim.agent.core")
+
+ALERT_TYPES = ("sos", "test_sos", "bell_press", "cancel", "tamper", "low_battery", "monitor")
+EMERGENCIES = ("sos", "bell_press")
+LAMP_FAULT = 0x01
+
+
+class Downlink:
+    """A signed frame for one device, to be sent by whichever adapter reaches it."""
+
+    __slots__ = ("device_id", "frame", "kind")
+
+    def __init__(self, device_id, frame, kind):
+        self.device_id, self.frame, self.kind = device_id, frame, kind
+
+
+class Outcome:
+    """What became of one reception: ``verdict`` is "accepted", "duplicate", or a FrameError
+    reason ("tag", "replay", "unknown", ...)."""
+
+    __slots__ = ("reception", "verdict", "kind", "device_id", "alert_id", "detail")
+
+    def __init__(self, reception, verdict, kind=None, device_id=None, alert_id=None, detail=None):
+        self.reception, self.verdict, self.kind = reception, verdict, kind
+        self.device_id, self.alert_id, self.detail = device_id, alert_id, detail
+
+
+class _OpenEmergency:
+    def __init__(self, alert_id, counter, received_at, location, lights):
+        self.alert_id, self.counter, self.received_at = alert_id, counter, received_at
+        self.location, self.lights = location, lights
+
+
+class Core:
+    def __init__(self, config, registry, store, clock=time.time):
+        self.config, self.registry, self.store, self.clock = config, registry, store, clock
+        self.resolver = RotatingIdResolver()
+        now = clock()
+        rid_states = store.rid_states()
+        for device in registry.by_role("wearable"):
+            last_epoch, offset = rid_states.get(device.device_id, (None, 0))
+            self.resolver.add(device.device_id, device.keys, now, last_epoch, offset)
+        self.lights = registry.by_role("streetlight")
+        self.open_emergencies = {}  # device_id -> _OpenEmergency
+        self.light_states = {}      # device_id -> fields of the last light_state
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def process_batch(self, receptions):
+        """Process, commit once, then acknowledge. Returns (outcomes, downlinks)."""
+        self.resolver.tick(self.clock())
+        outcomes, downlinks = [], []
+        for reception in receptions:
+            outcomes.append(self._process(reception, downlinks))
+        self.store.commit()
+        for reception in receptions:
+            if reception.ack is not None:
+                reception.ack()
+        return outcomes, downlinks
+
+    def _process(self, reception, downlinks):
+        digest = hashlib.sha256(reception.frame).digest()[:16]
+        now = self.clock()
+        seen = self.store.seen_at(digest)
+        if seen is not None and now - seen <= self.config.agent["dedup_window_s"]:
+            return Outcome(reception, "duplicate")
+        try:
+            device, frame = self._verify(reception)
+            frames.check_fresh(frame.counter, self.store.last_up(device.device_id))
+        except FrameError as err:
+            return Outcome(reception, err.reason, detail=str(err))
+        self.store.accept(device.device_id, frame.counter, digest, now)
+        self.store.heard(device.device_id, now)
+        if frame.sealed:
+            self._confirm_rid(device, reception.frame)
+        alert_id = self._act(device, frame, reception, now, downlinks)
+        return Outcome(reception, "accepted", frame.kind, device.device_id, alert_id)
+
+    def _verify(self, reception):
+        header = frames.peek(reception.frame)
+        if header.downlink:
+            raise FrameError(DIRECTION, "a downlink frame arrived on the intake")
+        if header.sealed:
+            for device_id, keys, _ in self.resolver.candidates(header.rid):
+                try:
+                    return self.registry.get(device_id), frames.unpack(reception.frame, keys)
+                except FrameError:
+                    continue
+            raise FrameError(UNKNOWN, "rotating id %s matches no registered wearable" % header.rid.hex())
+        if reception.topic is not None:
+            scope, ident, _ = topics.parse(reception.topic)
+            if scope == topics.DEV and ident != header.device_id:
+                raise FrameError(TOPIC, "frame of device %08x on %s" % (header.device_id, reception.topic))
+        device = self.registry.get(header.device_id)
+        if device is None:
+            raise FrameError(UNKNOWN, "device %08x is not registered" % header.device_id)
+        return device, frames.unpack(reception.frame, device.keys)
+
+    def _confirm_rid(self, device, frame):
+        for device_id, _, epoch in self.resolver.candidates(frames.peek(frame).rid):
+            if device_id == device.device_id:
+                self.resolver.confirm(device_id, epoch)
+                self.store.save_rid_state(device_id, *self.resolver.state(device_id))
+                return
+
+    # -- classify, locate, enrich, act ---------------------------------------------------------
+
+    def _act(self, device, frame, reception, now, downlinks):
+        if frame.kind == "light_state":
+            self.light_states[device.device_id] = frame.fields
+            if frame.fields["faults"] & LAMP_FAULT:
+                return self._alert("lamp_fault", device, frame, reception, now)
+            return None
+        if frame.kind not in ALERT_TYPES:
+            return None
+        if frame.kind == "cancel":
+            return self._cancel(device, frame, reception, now, downlinks)
+        alert_id = self._alert(frame.kind, device, frame, reception, now)
+        if frame.kind in EMERGENCIES:
+            location = self.locate(device, frame, reception)
+            lights = self._command_lights(location, "blink", now, downlinks)
+            self.open_emergencies[device.device_id] = _OpenEmergency(alert_id, frame.counter, now, location, lights)
+        return alert_id
+
+    def _alert(self, kind, device, frame, reception, now, extra=None):
+        location = self.locate(device, frame, reception)
+        body = alerts.build(kind, device, frame, reception, now, location, self._enrich(location),
+                            self.config, extra)
+        self.store.add_alert(body["alert_id"], device.device_id, now, body)
+        return body["alert_id"]
+
+    def _cancel(self, device, frame, reception, now, downlinks):
+        sos = self.open_emergencies.get(device.device_id)
+        cancelled = alerts.alert_id(device.device_id, frame.fields["sos_counter"])
+        in_time = (sos is not None and sos.counter == frame.fields["sos_counter"]
+                   and now - sos.received_at <= self.config.agent["cancel_window_s"])
+        if in_time:
+            self.open_emergencies.pop(device.device_id)
+            self._restore_lights(sos.lights, now, downlinks)
+        return self._alert("cancel", device, frame, reception, now,
+                           {"cancels": cancelled, "within_window": in_time})
+
+    def locate(self, device, frame, reception):
+        fields = frame.fields
+        if fields.get("accuracy_m"):
+            return {"lat": fields["lat"], "lon": fields["lon"], "accuracy_m": fields["accuracy_m"], "source": "gnss"}
+        if device.position is not None:
+            return {"lat": device.position[0], "lon": device.position[1], "accuracy_m": 5, "source": "registered"}
+        here = self.config.agent["position"]
+        return {"lat": here[0], "lon": here[1], "accuracy_m": round(geo.radius_from_rssi(reception.rssi)),
+                "source": "receiver"}
+
+    def _enrich(self, location):
+        point = (location["lat"], location["lon"])
+        return {
+            "cameras": [{"id": p.ident, "name": p.name, "distance_m": round(d, 1)}
+                        for d, p in geo.nearest(point, self.registry.cameras, 3)],
+            "facilities": [{"id": p.ident, "kind": p.kind, "name": p.name, "distance_m": round(d, 1)}
+                           for d, p in geo.nearest(point, self.registry.facilities, 5)],
+        }
+
+    def _command_lights(self, location, action, now, downlinks):
+        point = (location["lat"], location["lon"])
+        chosen = [light for _, light in geo.within(point, self.lights, self.config.lights["radius_m"])]
+        duration = self.config.lights["blink_s"]
+        for light in chosen:
+            downlinks.append(self.light_command(light, action, 100, duration, now))
+        return chosen
+
+    def _restore_lights(self, lights, now, downlinks):
+        for light in lights:
+            downlinks.append(self.light_command(light, "restore", 0, 0, now))
+
+    def light_command(self, light, action, level_pct, duration_s, now):
+        fields = {"action": action, "level_pct": level_pct, "duration_s": duration_s,
+                  "expires": int(now) + max(duration_s, 10)}
+        frame = frames.build_plain("light_command", fields, light.keys, light.device_id,
+                                   self.store.next_down(light.device_id), downlink=True)
+        return Downlink(light.device_id, frame, "light_command")
+
+    def resolve(self, alert_id, now):
+        """The center resolved an emergency: its lights go back to their schedule."""
+        downlinks = []
+        for device_id, sos in list(self.open_emergencies.items()):
+            if sos.alert_id == alert_id:
+                del self.open_emergencies[device_id]
+                self._restore_lights(sos.lights, now, downlinks)
+        return downlinks

@@ -1,0 +1,188 @@
+"""The agent's core on a virtual street: verification, dedup, replay, location, enrichment,
+blinking lights, cancel, durability of what it acknowledges."""
+
+import pytest
+
+from ansim_agent import config as config_module
+from ansim_agent import registry as registry_module
+from ansim_agent.core import Core
+from ansim_agent.intake import Reception
+from ansim_agent.store import Store
+from ansim_protocol import frames
+from ansim_protocol.crypto import DeviceKeys, epoch_of
+from ansim_simulators.street import ORIGIN, Street, offset
+
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, now=NOW):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def street(tmp_path):
+    return Street(tmp_path / "street", center_port=1)
+
+
+def make_core(street, clock):
+    cfg = config_module.load(street.config_path)
+    reg = registry_module.load(cfg.agent["registry"], cfg.supervision)
+    store = Store(cfg.agent["data_dir"] / "agent.db")
+    return Core(cfg, reg, store, clock), store
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def core(street, clock):
+    core, store = make_core(street, clock)
+    yield core
+    store.close()
+
+
+def sos_from(wearable, counter, clock, fix=None):
+    fix = fix or {"lat": ORIGIN[0], "lon": ORIGIN[1] + 0.0003, "accuracy_m": 8}
+    return frames.build_sealed("sos", fix, DeviceKeys(wearable.key), counter, epoch_of(clock.now))
+
+
+def bell_press(bell, counter):
+    return frames.build_plain("bell_press", {"button": 1}, DeviceKeys(bell.key), bell.device_id, counter)
+
+
+def test_wearable_sos_becomes_a_located_enriched_alert_and_blinks_nearby_lights(core, street, clock):
+    wearable = street.wearables[0]
+    outcomes, downlinks = core.process_batch([Reception(sos_from(wearable, 5, clock), "ble", "ble0", rssi=-70)])
+    assert outcomes[0].verdict == "accepted" and outcomes[0].kind == "sos"
+    _, state, alert = core.store.alert(outcomes[0].alert_id)
+    assert state == "pending" and alert["alert_id"] == "%s-5" % wearable.hex_id
+    assert alert["location"]["source"] == "gnss" and alert["location"]["accuracy_m"] == 8
+    assert [c["id"] for c in alert["cameras"]][:2] == ["CCTV-002", "CCTV-001"]  # 23.5 m and 26.5 m away
+    assert alert["cameras"][0]["distance_m"] < alert["cameras"][1]["distance_m"]
+    # The SOS is ~26 m east of the origin; lights every 20 m: those within 50 m blink.
+    blinking = {d.device_id for d in downlinks}
+    assert blinking == {street.lights[i].device_id for i in range(4)}
+    for d in downlinks:
+        light = next(l for l in street.lights if l.device_id == d.device_id)
+        command = frames.unpack(d.frame, DeviceKeys(light.key))
+        assert command.kind == "light_command" and command.fields["action"] == "blink"
+
+
+def test_the_same_frame_heard_twice_is_one_event_and_an_old_counter_is_a_replay(core, street, clock):
+    first = sos_from(street.wearables[0], 5, clock)
+    older = sos_from(street.wearables[0], 4, clock)
+    outcomes, _ = core.process_batch([Reception(first, "ble", "ble0"), Reception(first, "serial", "uart0"),
+                                      Reception(older, "ble", "ble0")])
+    assert [o.verdict for o in outcomes] == ["accepted", "duplicate", "replay"]
+
+
+def test_forged_unknown_and_mismatched_frames_are_refused_with_their_reason(core, street, clock):
+    bell = street.bells[0]
+    forged = frames.build_plain("bell_press", {"button": 1}, DeviceKeys(bytes(16)), bell.device_id, 3)
+    stranger = frames.build_plain("bell_press", {"button": 1}, DeviceKeys(bytes(16)), 0x0BADBAD0, 3)
+    other_topic = "ansim/v1/dev/%s/up" % street.bells[1].hex_id
+    outcomes, _ = core.process_batch([
+        Reception(forged, "mqtt", "local"), Reception(stranger, "mqtt", "local"),
+        Reception(bell_press(bell, 4), "mqtt", "local", topic=other_topic),
+        Reception(b"\x10garbage", "serial", "uart0"),
+        Reception(frames.build_sealed("sos", {"lat": None, "lon": None, "accuracy_m": 0}, DeviceKeys(bytes(16)), 1,
+                                      epoch_of(clock.now)), "ble", "ble0")])
+    assert [o.verdict for o in outcomes] == ["tag", "unknown", "topic", "short", "unknown"]
+    assert core.store.queue_depth() == 0
+
+
+def test_bell_press_is_located_at_the_bells_registered_position(core, street, clock):
+    bell = street.bells[0]
+    outcomes, downlinks = core.process_batch([Reception(bell_press(bell, 1), "mqtt", "local")])
+    alert = core.store.alert(outcomes[0].alert_id)[2]
+    assert alert["location"] == {"lat": bell.position[0], "lon": bell.position[1], "accuracy_m": 5,
+                                 "source": "registered"}
+    assert downlinks
+
+
+def test_without_a_fix_the_wearable_is_placed_at_the_receiver_with_an_rssi_radius(core, street, clock):
+    no_fix = {"lat": None, "lon": None, "accuracy_m": 0}
+    outcomes, _ = core.process_batch([Reception(sos_from(street.wearables[0], 1, clock, no_fix), "ble", "ble0",
+                                                rssi=-85)])
+    location = core.store.alert(outcomes[0].alert_id)[2]["location"]
+    assert location["source"] == "receiver" and (location["lat"], location["lon"]) == ORIGIN
+    assert 10 <= location["accuracy_m"] <= 150
+
+
+def test_test_sos_is_forwarded_marked_as_test_and_blinks_nothing(core, street, clock):
+    frame = frames.build_sealed("test_sos", {"lat": ORIGIN[0], "lon": ORIGIN[1], "accuracy_m": 5},
+                                DeviceKeys(street.wearables[0].key), 1, epoch_of(clock.now))
+    outcomes, downlinks = core.process_batch([Reception(frame, "ble", "ble0")])
+    assert core.store.alert(outcomes[0].alert_id)[2]["test"] is True
+    assert downlinks == []
+
+
+def test_cancel_within_five_seconds_links_to_the_sos_and_restores_the_lights(core, street, clock):
+    wearable = street.wearables[0]
+    _, blink = core.process_batch([Reception(sos_from(wearable, 10, clock), "ble", "ble0")])
+    clock.now += 3
+    cancel = frames.build_sealed("cancel", {"sos_counter": 10}, DeviceKeys(wearable.key), 11, epoch_of(clock.now))
+    outcomes, restore = core.process_batch([Reception(cancel, "ble", "ble0")])
+    alert = core.store.alert(outcomes[0].alert_id)[2]
+    assert alert["type"] == "cancel" and alert["cancels"] == "%s-10" % wearable.hex_id and alert["within_window"]
+    assert {d.device_id for d in restore} == {d.device_id for d in blink}
+    light = street.lights[0]
+    restored = [frames.unpack(d.frame, DeviceKeys(light.key)) for d in restore if d.device_id == light.device_id]
+    assert restored[0].fields["action"] == "restore"
+
+
+def test_late_cancel_is_forwarded_but_lights_keep_blinking(core, street, clock):
+    wearable = street.wearables[0]
+    core.process_batch([Reception(sos_from(wearable, 10, clock), "ble", "ble0")])
+    clock.now += 30
+    cancel = frames.build_sealed("cancel", {"sos_counter": 10}, DeviceKeys(wearable.key), 11, epoch_of(clock.now))
+    outcomes, restore = core.process_batch([Reception(cancel, "ble", "ble0")])
+    assert core.store.alert(outcomes[0].alert_id)[2]["within_window"] is False
+    assert restore == []
+
+
+def test_acknowledgement_runs_only_after_the_batch_is_on_disk(street, clock, tmp_path):
+    core, store = make_core(street, clock)
+    committed_before_ack = []
+    bell = street.bells[0]
+
+    def ack():
+        # A second connection sees only committed data.
+        import sqlite3
+        with sqlite3.connect(str(store.path)) as other:
+            committed_before_ack.append(other.execute("SELECT COUNT(*) FROM alerts").fetchone()[0])
+
+    core.process_batch([Reception(bell_press(bell, 1), "mqtt", "local", ack=ack)])
+    assert committed_before_ack == [1]
+    store.close()
+
+
+def test_counters_dedup_window_and_rid_state_survive_a_restart(street, clock):
+    wearable = street.wearables[0]
+    core, store = make_core(street, clock)
+    frame = sos_from(wearable, 7, clock)
+    core.process_batch([Reception(frame, "ble", "ble0")])
+    store.close()
+    core, store = make_core(street, clock)
+    outcomes, _ = core.process_batch([Reception(frame, "ble", "ble0"),
+                                      Reception(sos_from(wearable, 6, clock), "ble", "ble0"),
+                                      Reception(sos_from(wearable, 8, clock), "ble", "ble0")])
+    assert [o.verdict for o in outcomes] == ["duplicate", "replay", "accepted"]
+    store.close()
+
+
+def test_alert_ids_are_idempotent_across_a_reprocessed_frame(street, clock):
+    """A frame processed again after its dedup entry expired still makes no second alert."""
+    core, store = make_core(street, clock)
+    bell = street.bells[0]
+    store.add_alert("%s-1" % bell.hex_id, bell.device_id, clock.now, {"first": True})
+    store.commit()
+    core.process_batch([Reception(bell_press(bell, 1), "mqtt", "local")])
+    assert store.alert("%s-1" % bell.hex_id)[2] == {"first": True}
+    store.close()
