@@ -197,6 +197,21 @@ class Core:
                                    self.store.next_down(light.device_id), downlink=True)
         return Downlink(light.device_id, frame, "light_command")
 
+    def center_ack(self, alert_id, status, now):
+        """Relay the center's acknowledgement to the device that raised the alert (the bell
+        announces it). Wearables are reached over BLE, which has no transmitter yet."""
+        device_hex, _, counter = alert_id.partition("-")
+        try:
+            device = self.registry.get(int(device_hex, 16))
+            counter = int(counter)
+        except ValueError:
+            return []
+        if device is None or device.role == "wearable" or status not in frames.ACK_STATUSES.values():
+            return []
+        frame = frames.build_plain("center_ack", {"acked_counter": counter, "status": status}, device.keys,
+                                   device.device_id, self.store.next_down(device.device_id), downlink=True)
+        return [Downlink(device.device_id, frame, "center_ack")]
+
     def resolve(self, alert_id, now):
         """The center resolved an emergency: its lights go back to their schedule."""
         downlinks = []

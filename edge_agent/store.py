@@ -13,6 +13,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+HEARD_PERSIST_S = 30.0
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -36,6 +38,10 @@ CREATE TABLE IF NOT EXISTS seen (
     digest BLOB PRIMARY KEY,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS devices (
     device_id INTEGER PRIMARY KEY,
     last_heard REAL,
@@ -58,6 +64,8 @@ class Store:
         self._up = dict(self._db.execute("SELECT device_id, value FROM counters WHERE direction='up'"))
         self._down = dict(self._db.execute("SELECT device_id, value FROM counters WHERE direction='down'"))
         self._seen = dict(self._db.execute("SELECT digest, at FROM seen"))
+        self._heard = dict(self._db.execute("SELECT device_id, last_heard FROM devices WHERE last_heard IS NOT NULL"))
+        self._heard_persisted = dict(self._heard)
         self._staged = []
 
     def close(self):
@@ -86,6 +94,11 @@ class Store:
                              (alert_id, device_id, created, json.dumps(body, sort_keys=True))))
 
     def heard(self, device_id, now):
+        """Note that a device spoke; persisted at most every HEARD_PERSIST_S per device."""
+        self._heard[device_id] = now
+        if now - self._heard_persisted.get(device_id, 0.0) < HEARD_PERSIST_S:
+            return
+        self._heard_persisted[device_id] = now
         self._staged.append(("INSERT INTO devices (device_id, last_heard, offline) VALUES (?, ?, 0) "
                              "ON CONFLICT DO UPDATE SET last_heard=excluded.last_heard, offline=0", (device_id, now)))
 
@@ -113,6 +126,12 @@ class Store:
             self._db.execute("INSERT INTO counters VALUES (?, 'down', ?) ON CONFLICT DO UPDATE SET value=excluded.value",
                              (device_id, value))
         return value
+
+    def next_session(self):
+        """A new uplink session sequence number (birth/death certificates), never reused."""
+        with self._lock:
+            self._db.execute("INSERT INTO meta VALUES ('session', 1) ON CONFLICT DO UPDATE SET value=value+1")
+            return self._db.execute("SELECT value FROM meta WHERE key='session'").fetchone()[0]
 
     # -- the outbox -----------------------------------------------------------------------
 
@@ -149,6 +168,10 @@ class Store:
         rows = self._query("SELECT seq, state, body FROM alerts WHERE alert_id=?", (alert_id,))
         return None if not rows else (rows[0][0], rows[0][1], json.loads(rows[0][2]))
 
+    def state_counts(self):
+        """{state: number of alerts} for status displays."""
+        return dict(self._query("SELECT state, COUNT(*) FROM alerts GROUP BY state"))
+
     def queue_depth(self):
         return self._query("SELECT COUNT(*) FROM alerts WHERE state='pending'")[0][0]
 
@@ -164,7 +187,8 @@ class Store:
     # -- devices ---------------------------------------------------------------------------
 
     def last_heard(self):
-        return dict(self._query("SELECT device_id, last_heard FROM devices WHERE last_heard IS NOT NULL"))
+        """device_id -> when it was last heard (memory, mirrored to disk every HEARD_PERSIST_S)."""
+        return self._heard
 
     def set_offline(self, device_id, offline):
         self._write("INSERT INTO devices (device_id, offline) VALUES (?, ?) ON CONFLICT DO UPDATE SET "

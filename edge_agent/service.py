@@ -1,0 +1,160 @@
+"""``ansim agent``: wires the adapters to the core and runs until stopped.
+
+One pipeline thread owns the core: it takes receptions in batches from a queue that every
+adapter feeds (from its own thread), processes and commits each batch, acknowledges, sends
+the resulting commands, and wakes the uplink. Periodic work (supervision, purge) runs on the
+same thread between batches, so the core and the store need no further locking.
+"""
+
+import logging
+import queue
+import signal
+import threading
+import time
+
+from . import alerts
+from . import registry as registry_module
+from .core import Core
+from .local_mqtt import LocalMqtt
+from .store import Store
+from .uplink import Uplink
+
+log = logging.getLogger("ansim.agent")
+
+BATCH_MAX = 500
+TICK_S = 0.5
+PURGE_EVERY_S = 3600
+SUPERVISE_EVERY_S = 5.0
+
+
+class Agent:
+    def __init__(self, config, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self.registry = registry_module.load(config.agent["registry"], config.supervision)
+        self.store = Store(config.agent["data_dir"] / "agent.db")
+        self.core = Core(config, self.registry, self.store, clock)
+        self.intake = queue.Queue()
+        self.stats = {"accepted": 0, "duplicate": 0, "rejected": 0, "batches": 0}
+        self.uplink = Uplink(config, self.store, on_ack=self._on_center_ack, clock=clock)
+        self.local = None
+        if config.local_mqtt["enabled"]:
+            self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
+                                   config.agent["id"] + "-local")
+        self._control = queue.Queue()  # work from other threads that must run on the pipeline thread
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._last_purge = 0.0
+        self._last_supervision = 0.0
+        self._offline = self.store.offline_devices()
+
+    def start(self):
+        self.uplink.start()
+        if self.local is not None:
+            self.local.start()
+        self._thread.start()
+        log.info("agent %s running: %d devices, %d alerts waiting", self.config.agent["id"],
+                 len(self.registry.devices), self.store.queue_depth())
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+        if self.local is not None:
+            self.local.stop()
+        self.uplink.stop()
+        self.store.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _run(self):
+        while not self._stop.is_set():
+            batch = []
+            try:
+                batch.append(self.intake.get(timeout=TICK_S))
+                while len(batch) < BATCH_MAX:
+                    batch.append(self.intake.get_nowait())
+            except queue.Empty:
+                pass
+            if batch:
+                self._process(batch)
+            self._run_control()
+            self._periodic()
+
+    def _process(self, batch):
+        outcomes, downlinks = self.core.process_batch(batch)
+        self.stats["batches"] += 1
+        for outcome in outcomes:
+            key = outcome.verdict if outcome.verdict in ("accepted", "duplicate") else "rejected"
+            self.stats[key] += 1
+            if key == "rejected":
+                log.debug("rejected a frame via %s/%s: %s", outcome.reception.path,
+                          outcome.reception.receiver, outcome.detail)
+        self._send(downlinks)
+        if any(o.alert_id for o in outcomes):
+            self.uplink.wake()
+
+    def _send(self, downlinks):
+        for downlink in downlinks:
+            if self.local is not None:
+                self.local.send(downlink.device_id, downlink.frame)
+
+    def _on_center_ack(self, alert_id, status):
+        self._control.put((alert_id, status))
+
+    def _run_control(self):
+        while True:
+            try:
+                alert_id, status = self._control.get_nowait()
+            except queue.Empty:
+                return
+            now = self.clock()
+            downlinks = self.core.center_ack(alert_id, status, now)
+            if status == "resolved":
+                downlinks += self.core.resolve(alert_id, now)
+            self._send(downlinks)
+
+    def _periodic(self):
+        now = self.clock()
+        if now - self._last_supervision >= SUPERVISE_EVERY_S:
+            self._last_supervision = now
+            self._supervise(now)
+        if now - self._last_purge >= PURGE_EVERY_S:
+            self._last_purge = now
+            purged = self.store.purge(now, self.config.agent["retention_days"] * 86400,
+                                      self.config.agent["dedup_window_s"])
+            if purged:
+                log.info("purged %d delivered alerts past retention", purged)
+
+    def _supervise(self, now):
+        """Devices silent longer than their period produce one device-offline event each."""
+        silent = []
+        for device_id, heard in list(self.store.last_heard().items()):
+            device = self.registry.get(device_id)
+            if device is None:
+                continue
+            if now - heard > device.supervision_s and device_id not in self._offline:
+                silent.append((device, heard))
+            elif now - heard <= device.supervision_s and device_id in self._offline:
+                self._offline.discard(device_id)
+        for device, heard in silent:
+            body = alerts.offline(device, heard, now, self.config)
+            self.store.add_alert(body["alert_id"], device.device_id, now, body)
+            self._offline.add(device.device_id)
+        if silent:
+            self.store.commit()
+            for device, _ in silent:
+                self.store.set_offline(device.device_id, True)
+            self.uplink.wake()
+
+
+def run(config):
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with Agent(config):
+        stop.wait()

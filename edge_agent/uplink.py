@@ -1,0 +1,181 @@
+"""The link to the control center: alerts from the durable outbox over MQTT (TLS with a
+client certificate, QoS 1, MQTT v5), the center's acknowledgements back, escalation to the
+citywide center, and the agent's birth and death certificates.
+
+Delivery: every stored alert not yet PUBACKed is published once per process, in outbox
+order, with at most ``WINDOW`` in flight; paho keeps and retransmits them across reconnects
+(persistent session), and after a restart the outbox publishes the rest again. The center
+deduplicates by alert id. Topics: edge_agent/CENTER_API.md.
+"""
+
+import json
+import logging
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("ansim.agent.uplink")
+
+ROOT = "ansim/center/v1/"
+WINDOW = 1000
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+def alerts_topic(center, device_hex):
+    return "%s%s/alerts/%s" % (ROOT, center, device_hex)
+
+
+def agent_topic(agent_id, channel):
+    return "%sagents/%s/%s" % (ROOT, agent_id, channel)
+
+
+class Uplink:
+    def __init__(self, config, store, on_ack=None, clock=time.time):
+        self.config, self.store, self.on_ack, self.clock = config, store, on_ack, clock
+        center = config.center
+        self.agent_id = config.agent["id"]
+        self.session = store.next_session()
+        self.connected = threading.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight = {}  # mid -> outbox seq, or None for births and escalations
+        self._early = {}     # mid -> reason code of a PUBACK that beat _track
+        self._published_to = 0  # highest outbox seq handed to paho in this process
+        self._lock = threading.Lock()
+        self.delivered = 0
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.agent_id, protocol=mqtt.MQTTv5)
+        if center["tls"]:
+            client.tls_set(ca_certs=str(center["cafile"]), certfile=str(center["certfile"]),
+                           keyfile=str(center["keyfile"]), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.will_set(agent_topic(self.agent_id, "state"), self._certificate("offline"), qos=1, retain=True)
+        client.max_inflight_messages_set(WINDOW)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(0.5, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self.client = client
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+
+    def _certificate(self, state):
+        return json.dumps({"agent": self.agent_id, "site": self.config.agent["site"], "state": state,
+                           "session": self.session, "at": round(self.clock(), 3)})
+
+    def start(self):
+        """Connect in the background: an unreachable center is an outage, not a fatal error."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(self.config.center["host"], self.config.center["port"],
+                                  clean_start=False, properties=props)
+        self.client.loop_start()
+        self._thread.start()
+
+    def stop(self):
+        """Announce death explicitly (a clean disconnect does not fire the will)."""
+        self._stop.set()
+        self._wake.set()
+        if self.connected.is_set():
+            self.client.publish(agent_topic(self.agent_id, "state"), self._certificate("offline"),
+                                qos=1, retain=True).wait_for_publish(2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._thread.join(5)
+
+    def wake(self):
+        """New alerts are in the outbox."""
+        self._wake.set()
+
+    def _on_connect(self, client, userdata, flags, reason, props):
+        if reason.is_failure:
+            log.error("the center's broker refused agent %s: %s", self.agent_id, reason)
+            return
+        client.subscribe(agent_topic(self.agent_id, "ack"), qos=1)
+        self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), None, retain=True)
+        self.connected.set()
+        self._wake.set()
+        log.info("connected to the center %s:%d (session %d)", self.config.center["host"],
+                 self.config.center["port"], self.session)
+
+    def _on_disconnect(self, client, userdata, flags, reason, props):
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("lost the center (%s); alerts wait in the outbox", reason)
+
+    def _on_publish(self, client, userdata, mid, reason, props):
+        with self._lock:
+            if mid not in self._inflight:  # PUBACK before publish() returned: _track settles it
+                self._early[mid] = reason
+                return
+            seq = self._inflight.pop(mid)
+        self._settle(seq, reason)
+
+    def _track(self, info, seq):
+        """Remember what a publish was for. Called after publish() returns, never under paho's
+        locks, since paho runs on_publish while holding its own."""
+        with self._lock:
+            reason = self._early.pop(info.mid, None)
+            if reason is None:
+                self._inflight[info.mid] = seq
+                return
+        self._settle(seq, reason)
+
+    def _settle(self, seq, reason):
+        if seq is None:
+            return
+        if reason.is_failure:
+            log.error("the center's broker refused alert #%d: %s (check the agent's ACL)", seq, reason)
+            return
+        self.store.mark_delivered(seq, self.clock())
+        self.delivered += 1
+        self._wake.set()
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            ack = json.loads(msg.payload)
+            alert_id, status = ack["alert_id"], ack["status"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed center ack on %s", msg.topic)
+            return
+        self.store.mark_acked(alert_id, self.clock())
+        if self.on_ack is not None:
+            self.on_ack(alert_id, status)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            self._publish_pending()
+            self._escalate()
+
+    def _publish_pending(self):
+        while not self._stop.is_set():
+            with self._lock:
+                room = WINDOW - len(self._inflight)
+            if room <= 0:
+                return
+            rows = self.store.undelivered(self._published_to, room)
+            if not rows:
+                return
+            for seq, alert_id, body in rows:
+                device_hex = alert_id.split("-", 1)[0]
+                self._publish(alerts_topic(self.config.center["district"], device_hex), body, seq)
+                self._published_to = seq
+
+    def _publish(self, topic, body, seq, retain=False):
+        self._track(self.client.publish(topic, body, qos=1, retain=retain), seq)
+
+    def _escalate(self):
+        center = self.config.center
+        for seq, alert_id, body in self.store.due_for_escalation(self.clock() - center["escalation_s"]):
+            escalated = json.loads(body)
+            escalated["escalated_from"] = center["district"]
+            self._publish(alerts_topic(center["fallback"], alert_id.split("-", 1)[0]),
+                          json.dumps(escalated, sort_keys=True), None)
+            self.store.mark_escalated(seq)
+            log.warning("alert %s not acknowledged by %s within %d s: escalated to %s",
+                        alert_id, center["district"], center["escalation_s"], center["fallback"])

@@ -1,0 +1,115 @@
+"""The agent end to end over real mosquitto brokers: a bell's press reaches the center as a
+located alert, the lights around it blink, the center's ack reaches the bell, its resolve
+restores the lights, and unacknowledged alerts escalate to the citywide center."""
+
+import json
+import time
+
+import pytest
+
+from ansim_agent import config as config_module
+from ansim_agent.service import Agent
+from ansim_protocol import frames, topics
+from ansim_protocol.crypto import DeviceKeys
+from ansim_simulators.broker import MosquittoBroker
+from ansim_simulators.street import Street
+
+WAIT_S = 10
+
+
+@pytest.fixture
+def site(tmp_path):
+    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port,
+                        overrides={"center": {"escalation_s": "2"}})
+        yield street, local, center
+
+
+def wait_until(predicate, timeout=WAIT_S):
+    """Poll an observable condition until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met within %s s" % timeout
+        time.sleep(0.01)
+
+
+def press(bell, counter):
+    return frames.build_plain("bell_press", {"button": 1}, DeviceKeys(bell.key), bell.device_id, counter)
+
+
+def test_bell_press_to_center_lights_ack_and_resolve(site, mqtt_client):
+    street, local, center = site
+    center_view = mqtt_client(center)
+    center_view.subscribe("ansim/center/v1/#")
+    lights_view = mqtt_client(local)
+    lights_view.subscribe("ansim/v1/dev/+/down")
+    with Agent(config_module.load(street.config_path)) as agent:
+        birth = center_view.next_message(WAIT_S)
+        assert birth.topic == "ansim/center/v1/agents/%s/state" % street.agent_id
+        assert json.loads(birth.payload)["state"] == "online"
+
+        bell = street.bells[0]
+        device = mqtt_client(local)
+        assert not device.publish(topics.topic(bell.device_id, topics.UP), press(bell, 1)).is_failure
+        alert_msg = center_view.next_message(WAIT_S)
+        assert alert_msg.topic == "ansim/center/v1/jung-gu/alerts/%s" % bell.hex_id
+        alert = json.loads(alert_msg.payload)
+        assert alert["type"] == "bell_press" and alert["alert_id"] == "%s-1" % bell.hex_id
+        assert alert["location"]["source"] == "registered" and alert["cameras"]
+
+        blinking = {}
+        for _ in range(3):  # the bell is 30 m east: lights at 0..80 m within 50 m are 3
+            msg = lights_view.next_message(WAIT_S)
+            blinking[msg.topic] = frames.unpack(msg.payload, DeviceKeys(
+                next(l.key for l in street.lights if msg.topic == topics.topic(l.device_id, topics.DOWN))))
+        assert {f.fields["action"] for f in blinking.values()} == {"blink"}
+
+        bell_view = mqtt_client(local)
+        bell_view.subscribe(topics.topic(bell.device_id, topics.DOWN))
+        center_view.publish("ansim/center/v1/agents/%s/ack" % street.agent_id,
+                            json.dumps({"alert_id": alert["alert_id"], "status": "received"}))
+        ack = frames.unpack(bell_view.next_message(WAIT_S).payload, DeviceKeys(bell.key))
+        assert ack.kind == "center_ack" and ack.fields == {"acked_counter": 1, "status": "received"}
+
+        center_view.publish("ansim/center/v1/agents/%s/ack" % street.agent_id,
+                            json.dumps({"alert_id": alert["alert_id"], "status": "resolved"}))
+        bell_view.next_message(WAIT_S)  # the "resolved" ack to the bell
+        restored = set()
+        while len(restored) < 3:
+            msg = lights_view.next_message(WAIT_S)
+            light = next((l for l in street.lights if msg.topic == topics.topic(l.device_id, topics.DOWN)), None)
+            if light is None:  # the bell's own acks share the filter
+                continue
+            command = frames.unpack(msg.payload, DeviceKeys(light.key))
+            if command.kind == "light_command" and command.fields["action"] == "restore":
+                restored.add(msg.topic)
+        assert restored == set(blinking)
+        assert agent.store.alert(alert["alert_id"])[1] == "acked"
+
+
+def test_unacknowledged_alert_escalates_to_the_citywide_center(site, mqtt_client):
+    street, local, center = site
+    citywide = mqtt_client(center)
+    citywide.subscribe("ansim/center/v1/citywide/alerts/#")
+    with Agent(config_module.load(street.config_path)):
+        bell = street.bells[1]
+        mqtt_client(local).publish(topics.topic(bell.device_id, topics.UP), press(bell, 9))
+        escalated = json.loads(citywide.next_message(WAIT_S).payload)
+        assert escalated["alert_id"] == "%s-9" % bell.hex_id and escalated["escalated_from"] == "jung-gu"
+
+
+def test_alerts_survive_a_center_outage_and_arrive_in_order(site, mqtt_client):
+    street, local, center = site
+    center.stop()
+    with Agent(config_module.load(street.config_path)) as agent:
+        device = mqtt_client(local)
+        bell = street.bells[0]
+        for counter in range(1, 21):
+            assert not device.publish(topics.topic(bell.device_id, topics.UP), press(bell, counter)).is_failure
+        # The device's PUBACK comes from the broker; the agent stores before it PUBACKs its copy.
+        wait_until(lambda: agent.store.queue_depth() == 20)
+        center.start()
+        view = mqtt_client(center)
+        view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+        ids = [json.loads(view.next_message(WAIT_S).payload)["alert_id"] for _ in range(20)]
+        assert ids == ["%s-%d" % (bell.hex_id, c) for c in range(1, 21)]
