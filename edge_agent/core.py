@@ -145,7 +145,7 @@ class Core:
         location = self.locate(device, frame, reception)
         body = alerts.build(kind, device, frame, reception, now, location, self._enrich(location),
                             self.config, extra)
-        self.store.add_alert(body["alert_id"], device.device_id, now, body)
+        self.store.add_alert(body["alert_id"], device.device_id, reception.received_at, now, body)
         return body["alert_id"]
 
     def _cancel(self, device, frame, reception, now, downlinks):

@@ -16,6 +16,7 @@ from . import alerts
 from . import registry as registry_module
 from .core import Core
 from .local_mqtt import LocalMqtt
+from .metrics import Metrics
 from .store import Store
 from .uplink import Uplink
 
@@ -35,8 +36,10 @@ class Agent:
         self.store = Store(config.agent["data_dir"] / "agent.db")
         self.core = Core(config, self.registry, self.store, clock)
         self.intake = queue.Queue()
-        self.stats = {"accepted": 0, "duplicate": 0, "rejected": 0, "batches": 0}
-        self.uplink = Uplink(config, self.store, on_ack=self._on_center_ack, clock=clock)
+        self._rejections = RejectionLog()
+        self.metrics = Metrics()
+        self._metrics_server = None
+        self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack, clock=clock)
         self.local = None
         if config.local_mqtt["enabled"]:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
@@ -49,6 +52,8 @@ class Agent:
         self._offline = self.store.offline_devices()
 
     def start(self):
+        if self.config.metrics["port"]:
+            self._metrics_server = self.metrics.serve(self.config.metrics["port"])
         self.uplink.start()
         if self.local is not None:
             self.local.start()
@@ -64,6 +69,8 @@ class Agent:
             self.local.stop()
         self.uplink.stop()
         self.store.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
 
     def __enter__(self):
         return self.start()
@@ -86,14 +93,13 @@ class Agent:
             self._periodic()
 
     def _process(self, batch):
-        outcomes, downlinks = self.core.process_batch(batch)
-        self.stats["batches"] += 1
+        with self.metrics.batch_seconds.time():
+            outcomes, downlinks = self.core.process_batch(batch)
         for outcome in outcomes:
-            key = outcome.verdict if outcome.verdict in ("accepted", "duplicate") else "rejected"
-            self.stats[key] += 1
-            if key == "rejected":
-                log.debug("rejected a frame via %s/%s: %s", outcome.reception.path,
-                          outcome.reception.receiver, outcome.detail)
+            self.metrics.frames.labels(outcome.reception.path, outcome.kind or "-", outcome.verdict).inc()
+            if outcome.detail:
+                self._rejections.note(outcome)
+        self.metrics.intake_depth.set(self.intake.qsize())
         self._send(downlinks)
         if any(o.alert_id for o in outcomes):
             self.uplink.wake()
@@ -123,6 +129,9 @@ class Agent:
         if now - self._last_supervision >= SUPERVISE_EVERY_S:
             self._last_supervision = now
             self._supervise(now)
+            self.metrics.outbox_depth.set(self.store.queue_depth())
+            self.metrics.devices_offline.set(len(self._offline))
+            self._rejections.flush(now)
         if now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
             purged = self.store.purge(now, self.config.agent["retention_days"] * 86400,
@@ -143,7 +152,7 @@ class Agent:
                 self._offline.discard(device_id)
         for device, heard in silent:
             body = alerts.offline(device, heard, now, self.config)
-            self.store.add_alert(body["alert_id"], device.device_id, now, body)
+            self.store.add_alert(body["alert_id"], device.device_id, now, now, body)
             self._offline.add(device.device_id)
         if silent:
             self.store.commit()
@@ -158,3 +167,32 @@ def run(config):
         signal.signal(sig, lambda *_: stop.set())
     with Agent(config):
         stop.wait()
+
+
+class RejectionLog:
+    """Logs rejected frames without flooding: the first of each reason at once, then one
+    summary line per reason and interval (a jammer or a broken radio can send thousands)."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self):
+        self._counts = {}
+        self._last_flush = time.time()
+
+    def note(self, outcome):
+        reason = outcome.verdict
+        if reason not in self._counts:
+            log.warning("rejected a frame via %s/%s: %s", outcome.reception.path, outcome.reception.receiver,
+                        outcome.detail)
+            self._counts[reason] = 0
+        else:
+            self._counts[reason] += 1
+
+    def flush(self, now):
+        if now - self._last_flush < self.INTERVAL_S:
+            return
+        self._last_flush = now
+        for reason, count in self._counts.items():
+            if count:
+                log.warning("rejected %d more frames (%s) in the last %.0f s", count, reason, self.INTERVAL_S)
+        self._counts = {}

@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     alert_id TEXT NOT NULL UNIQUE,
     device_id INTEGER NOT NULL,
+    received REAL NOT NULL,                  -- when the frame was heard (latency metrics)
     created REAL NOT NULL,
     body TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',   -- pending, delivered (PUBACK), acked (center), closed
@@ -88,10 +89,11 @@ class Store:
                              (device_id, counter)))
         self._staged.append(("INSERT OR REPLACE INTO seen VALUES (?, ?)", (digest, now)))
 
-    def add_alert(self, alert_id, device_id, created, body):
+    def add_alert(self, alert_id, device_id, received, created, body):
         """Stage an alert for the outbox; an alert id already stored is ignored (idempotent)."""
-        self._staged.append(("INSERT OR IGNORE INTO alerts (alert_id, device_id, created, body) VALUES (?, ?, ?, ?)",
-                             (alert_id, device_id, created, json.dumps(body, sort_keys=True))))
+        self._staged.append(("INSERT OR IGNORE INTO alerts (alert_id, device_id, received, created, body) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (alert_id, device_id, received, created, json.dumps(body, sort_keys=True))))
 
     def heard(self, device_id, now):
         """Note that a device spoke; persisted at most every HEARD_PERSIST_S per device."""
@@ -144,8 +146,8 @@ class Store:
             return self._db.execute(sql, args).rowcount
 
     def undelivered(self, after_seq=0, limit=1000):
-        """Alerts not yet PUBACKed by the center's broker, in order: (seq, alert_id, body)."""
-        return self._query("SELECT seq, alert_id, body FROM alerts WHERE state='pending' AND seq>? "
+        """Alerts not yet PUBACKed by the center's broker, in order: (seq, alert_id, body, received)."""
+        return self._query("SELECT seq, alert_id, body, received FROM alerts WHERE state='pending' AND seq>? "
                            "ORDER BY seq LIMIT ?", (after_seq, limit))
 
     def mark_delivered(self, seq, now):

@@ -34,15 +34,15 @@ def agent_topic(agent_id, channel):
 
 
 class Uplink:
-    def __init__(self, config, store, on_ack=None, clock=time.time):
-        self.config, self.store, self.on_ack, self.clock = config, store, on_ack, clock
+    def __init__(self, config, store, metrics, on_ack=None, clock=time.time):
+        self.config, self.store, self.metrics, self.on_ack, self.clock = config, store, metrics, on_ack, clock
         center = config.center
         self.agent_id = config.agent["id"]
         self.session = store.next_session()
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight = {}  # mid -> outbox seq, or None for births and escalations
+        self._inflight = {}  # mid -> (outbox seq, received), or None for births and escalations
         self._early = {}     # mid -> reason code of a PUBACK that beat _track
         self._published_to = 0  # highest outbox seq handed to paho in this process
         self._lock = threading.Lock()
@@ -97,12 +97,14 @@ class Uplink:
         client.subscribe(agent_topic(self.agent_id, "ack"), qos=1)
         self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), None, retain=True)
         self.connected.set()
+        self.metrics.center_connected.set(1)
         self._wake.set()
         log.info("connected to the center %s:%d (session %d)", self.config.center["host"],
                  self.config.center["port"], self.session)
 
     def _on_disconnect(self, client, userdata, flags, reason, props):
         self.connected.clear()
+        self.metrics.center_connected.set(0)
         if not self._stop.is_set():
             log.warning("lost the center (%s); alerts wait in the outbox", reason)
 
@@ -111,26 +113,29 @@ class Uplink:
             if mid not in self._inflight:  # PUBACK before publish() returned: _track settles it
                 self._early[mid] = reason
                 return
-            seq = self._inflight.pop(mid)
-        self._settle(seq, reason)
+            tracked = self._inflight.pop(mid)
+        self._settle(tracked, reason)
 
-    def _track(self, info, seq):
+    def _track(self, info, tracked):
         """Remember what a publish was for. Called after publish() returns, never under paho's
         locks, since paho runs on_publish while holding its own."""
         with self._lock:
             reason = self._early.pop(info.mid, None)
             if reason is None:
-                self._inflight[info.mid] = seq
+                self._inflight[info.mid] = tracked
                 return
-        self._settle(seq, reason)
+        self._settle(tracked, reason)
 
-    def _settle(self, seq, reason):
-        if seq is None:
+    def _settle(self, tracked, reason):
+        if tracked is None:
             return
+        seq, received = tracked
         if reason.is_failure:
             log.error("the center's broker refused alert #%d: %s (check the agent's ACL)", seq, reason)
             return
-        self.store.mark_delivered(seq, self.clock())
+        now = self.clock()
+        self.store.mark_delivered(seq, now)
+        self.metrics.alert_latency.observe(max(0.0, now - received))
         self.delivered += 1
         self._wake.set()
 
@@ -161,13 +166,13 @@ class Uplink:
             rows = self.store.undelivered(self._published_to, room)
             if not rows:
                 return
-            for seq, alert_id, body in rows:
+            for seq, alert_id, body, received in rows:
                 device_hex = alert_id.split("-", 1)[0]
-                self._publish(alerts_topic(self.config.center["district"], device_hex), body, seq)
+                self._publish(alerts_topic(self.config.center["district"], device_hex), body, (seq, received))
                 self._published_to = seq
 
-    def _publish(self, topic, body, seq, retain=False):
-        self._track(self.client.publish(topic, body, qos=1, retain=retain), seq)
+    def _publish(self, topic, body, tracked, retain=False):
+        self._track(self.client.publish(topic, body, qos=1, retain=retain), tracked)
 
     def _escalate(self):
         center = self.config.center
@@ -177,5 +182,6 @@ class Uplink:
             self._publish(alerts_topic(center["fallback"], alert_id.split("-", 1)[0]),
                           json.dumps(escalated, sort_keys=True), None)
             self.store.mark_escalated(seq)
+            self.metrics.escalations.inc()
             log.warning("alert %s not acknowledged by %s within %d s: escalated to %s",
                         alert_id, center["district"], center["escalation_s"], center["fallback"])

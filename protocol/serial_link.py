@@ -91,14 +91,16 @@ def decode_block(block):
 class Deframer:
     """Turns an arbitrary byte stream into frames, skipping what cannot be one.
 
-    ``feed`` never raises: rejected blocks are counted in ``rejected`` with the last reason
-    in ``last_error``, so that line noise cannot stop a reader.
+    ``feed`` never raises: rejected blocks are counted in ``rejected`` (and per reason in
+    ``rejected_by_reason``) with the last error in ``last_error``, so that line noise cannot
+    stop a reader.
     """
 
     def __init__(self):
         self._buf = bytearray()
         self._overflow = False
         self.rejected = 0
+        self.rejected_by_reason = {}  # "framing" / "checksum" -> count, for metrics
         self.last_error = None
 
     def feed(self, data):
@@ -123,4 +125,5 @@ class Deframer:
 
     def _reject(self, err):
         self.rejected += 1
+        self.rejected_by_reason[err.reason] = self.rejected_by_reason.get(err.reason, 0) + 1
         self.last_error = err

@@ -181,7 +181,7 @@ def test_alert_ids_are_idempotent_across_a_reprocessed_frame(street, clock):
     """A frame processed again after its dedup entry expired still makes no second alert."""
     core, store = make_core(street, clock)
     bell = street.bells[0]
-    store.add_alert("%s-1" % bell.hex_id, bell.device_id, clock.now, {"first": True})
+    store.add_alert("%s-1" % bell.hex_id, bell.device_id, clock.now, clock.now, {"first": True})
     store.commit()
     core.process_batch([Reception(bell_press(bell, 1), "mqtt", "local")])
     assert store.alert("%s-1" % bell.hex_id)[2] == {"first": True}

@@ -1,0 +1,35 @@
+"""Prometheus metrics of one agent (served on /metrics by prometheus-client).
+
+Each agent has its own registry, so several agents can run in one process (tests, benches).
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.frames = Counter("ansim_frames", "Frames received, by path, type and verdict",
+                              ("path", "type", "verdict"), registry=self.registry)
+        self.batch_seconds = Histogram("ansim_batch_seconds", "Time to process and commit one batch",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.alert_latency = Histogram("ansim_alert_latency_seconds",
+                                       "From hearing a frame to the center broker's PUBACK of its alert",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.outbox_depth = Gauge("ansim_outbox_depth", "Alerts stored but not yet delivered to the center",
+                                  registry=self.registry)
+        self.intake_depth = Gauge("ansim_intake_queue_depth", "Frames waiting for the pipeline",
+                                  registry=self.registry)
+        self.center_connected = Gauge("ansim_center_connected", "1 while the center's broker is connected",
+                                      registry=self.registry)
+        self.devices_offline = Gauge("ansim_devices_offline", "Devices silent past their supervision period",
+                                     registry=self.registry)
+        self.escalations = Counter("ansim_escalations", "Alerts escalated to the fallback center",
+                                   registry=self.registry)
+
+    def serve(self, port, addr="127.0.0.1"):
+        """Serve /metrics; returns the server so that it can be shut down."""
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return server
