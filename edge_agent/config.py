@@ -50,7 +50,6 @@ SCHEMA = {
         "district": Setting(str, required=True, doc="topic segment of the district center"),
         "fallback": Setting(str, default="citywide", doc="topic segment of the citywide center"),
         "escalation_s": Setting(int, default=30, low=1, high=3600, doc="unacknowledged alerts go to the fallback after this"),
-        "max_queue": Setting(int, default=1_000_000, low=100_000, doc="alerts kept on disk during an outage"),
     },
     "lights": {
         "radius_m": Setting(float, default=50.0, low=1, high=1000, doc="streetlights within this of an emergency blink"),

@@ -13,6 +13,7 @@ from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import Street
+from test_alert_schema import VALIDATOR
 
 WAIT_S = 10
 
@@ -56,6 +57,7 @@ def test_bell_press_to_center_lights_ack_and_resolve(site, mqtt_client):
         alert = json.loads(alert_msg.payload)
         assert alert["type"] == "bell_press" and alert["alert_id"] == "%s-1" % bell.hex_id
         assert alert["location"]["source"] == "registered" and alert["cameras"]
+        VALIDATOR.validate(alert)
 
         blinking = {}
         for _ in range(3):  # the bell is 30 m east: lights at 0..80 m within 50 m are 3
