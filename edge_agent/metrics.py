@@ -9,7 +9,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self, keep_latencies=False):
+        self.latencies = [] if keep_latencies else None  # raw samples, for benchmarks
         self.registry = CollectorRegistry()
         self.frames = Counter("ansim_frames", "Frames received, by path, type and verdict",
                               ("path", "type", "verdict"), registry=self.registry)
@@ -28,6 +29,11 @@ class Metrics:
                                      registry=self.registry)
         self.escalations = Counter("ansim_escalations", "Alerts escalated to the fallback center",
                                    registry=self.registry)
+
+    def alert_delivered(self, latency_s):
+        self.alert_latency.observe(latency_s)
+        if self.latencies is not None:
+            self.latencies.append(latency_s)
 
     def serve(self, port, addr="127.0.0.1"):
         """Serve /metrics; returns the server so that it can be shut down."""

@@ -29,7 +29,7 @@ SUPERVISE_EVERY_S = 5.0
 
 
 class Agent:
-    def __init__(self, config, clock=time.time):
+    def __init__(self, config, clock=time.time, metrics=None):
         self.config = config
         self.clock = clock
         self.registry = registry_module.load(config.agent["registry"], config.supervision)
@@ -37,7 +37,7 @@ class Agent:
         self.core = Core(config, self.registry, self.store, clock)
         self.intake = queue.Queue()
         self._rejections = RejectionLog()
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self._metrics_server = None
         self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack, clock=clock)
         self.local = None
@@ -100,9 +100,9 @@ class Agent:
             if outcome.detail:
                 self._rejections.note(outcome)
         self.metrics.intake_depth.set(self.intake.qsize())
-        self._send(downlinks)
         if any(o.alert_id for o in outcomes):
             self.uplink.wake()
+        self._send(downlinks)
 
     def _send(self, downlinks):
         for downlink in downlinks:
@@ -122,6 +122,7 @@ class Agent:
             downlinks = self.core.center_ack(alert_id, status, now)
             if status == "resolved":
                 downlinks += self.core.resolve(alert_id, now)
+            self.store.commit()  # their counters, before the frames leave
             self._send(downlinks)
 
     def _periodic(self):

@@ -109,11 +109,14 @@ class Store:
         staged, self._staged = self._staged, []
         if not staged:
             return 0
+        grouped = {}  # one executemany per statement; rows keep their order within it
+        for sql, args in staged:
+            grouped.setdefault(sql, []).append(args)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in staged:
-                    self._db.execute(sql, args)
+                for sql, rows in grouped.items():
+                    self._db.executemany(sql, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -121,12 +124,12 @@ class Store:
         return len(staged)
 
     def next_down(self, device_id):
-        """The next downlink counter for a device, committed before it is used."""
+        """The next downlink counter for a device. Staged: the caller commits before the
+        frame leaves, so a restarted agent never reuses a counter a device has seen."""
         value = self._down.get(device_id, 0) + 1
         self._down[device_id] = value
-        with self._lock:
-            self._db.execute("INSERT INTO counters VALUES (?, 'down', ?) ON CONFLICT DO UPDATE SET value=excluded.value",
-                             (device_id, value))
+        self._staged.append(("INSERT INTO counters VALUES (?, 'down', ?) ON CONFLICT DO UPDATE SET value=excluded.value",
+                             (device_id, value)))
         return value
 
     def next_session(self):
@@ -150,8 +153,12 @@ class Store:
         return self._query("SELECT seq, alert_id, body, received FROM alerts WHERE state='pending' AND seq>? "
                            "ORDER BY seq LIMIT ?", (after_seq, limit))
 
-    def mark_delivered(self, seq, now):
-        self._write("UPDATE alerts SET state='delivered', delivered_at=? WHERE seq=? AND state='pending'", (now, seq))
+    def mark_delivered(self, seqs, now):
+        """Record PUBACKs in one transaction. Losing this write in a crash only re-sends alerts,
+        which the center deduplicates by id."""
+        with self._lock:
+            self._db.executemany("UPDATE alerts SET state='delivered', delivered_at=? WHERE seq=? AND state='pending'",
+                                 [(now, seq) for seq in seqs])
 
     def mark_acked(self, alert_id, now):
         """The center acknowledged: returns True if this closed an open alert."""

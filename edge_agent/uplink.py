@@ -44,6 +44,7 @@ class Uplink:
         self._stop = threading.Event()
         self._inflight = {}  # mid -> (outbox seq, received), or None for births and escalations
         self._early = {}     # mid -> reason code of a PUBACK that beat _track
+        self._delivered = []  # outbox seqs PUBACKed, written to the store by the uplink thread
         self._published_to = 0  # highest outbox seq handed to paho in this process
         self._lock = threading.Lock()
         self.delivered = 0
@@ -85,6 +86,7 @@ class Uplink:
         self.client.disconnect()
         self.client.loop_stop()
         self._thread.join(5)
+        self._record_delivered()
 
     def wake(self):
         """New alerts are in the outbox."""
@@ -133,9 +135,9 @@ class Uplink:
         if reason.is_failure:
             log.error("the center's broker refused alert #%d: %s (check the agent's ACL)", seq, reason)
             return
-        now = self.clock()
-        self.store.mark_delivered(seq, now)
-        self.metrics.alert_latency.observe(max(0.0, now - received))
+        self.metrics.alert_delivered(max(0.0, self.clock() - received))
+        with self._lock:
+            self._delivered.append(seq)
         self.delivered += 1
         self._wake.set()
 
@@ -154,8 +156,15 @@ class Uplink:
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
+            self._record_delivered()
             self._publish_pending()
             self._escalate()
+
+    def _record_delivered(self):
+        with self._lock:
+            seqs, self._delivered = self._delivered, []
+        if seqs:
+            self.store.mark_delivered(seqs, self.clock())
 
     def _publish_pending(self):
         while not self._stop.is_set():

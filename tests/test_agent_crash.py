@@ -28,7 +28,7 @@ def start_agent(street, log):
 
 def test_kill_9_during_a_stream_loses_nothing_and_duplicates_nothing_by_id(tmp_path, mqtt_client):
     rng = random.Random(os.environ.get("ANSIM_SEED", "kill9"))
-    with MosquittoBroker(workdir=tmp_path / "local", persistence=True) as local, \
+    with MosquittoBroker(workdir=tmp_path / "local") as local, \
             MosquittoBroker(workdir=tmp_path / "center") as center:
         street = Street(tmp_path / "street", center_port=center.port, local_port=local.port, bells=2,
                         overrides={"center": {"escalation_s": "3600"}})
