@@ -63,6 +63,8 @@ SCHEMA = {
     "ble": {
         "enabled": Setting(bool, default=False),
         "adapter": Setting(str, default="hci0"),
+        "scanning": Setting(str, default="active", choices=("active", "passive")),
+        "virtual_air": Setting(str, doc="simulators only: the bumble transport of a virtual BLE radio"),
     },
     "serial": {
         "enabled": Setting(bool, default=False),

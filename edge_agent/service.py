@@ -14,6 +14,7 @@ import time
 
 from . import alerts
 from . import registry as registry_module
+from .async_adapters import AsyncAdapters
 from .core import Core
 from .local_mqtt import LocalMqtt
 from .metrics import Metrics
@@ -40,6 +41,11 @@ class Agent:
         self.metrics = metrics or Metrics()
         self._metrics_server = None
         self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack, clock=clock)
+        self.radios = [self._ble(config.ble)] if config.ble["enabled"] else []
+        if config.serial["enabled"]:
+            from .serial_intake import SerialIntake
+            self.radios.append(SerialIntake(self.intake.put, config.serial["url"], config.serial["baudrate"]))
+        self._adapters = None
         self.local = None
         if config.local_mqtt["enabled"]:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
@@ -52,19 +58,42 @@ class Agent:
         self._offline = self.store.offline_devices()
 
     def start(self):
+        """Start every adapter; if one cannot start, stop the rest and raise its error."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self):
         if self.config.metrics["port"]:
             self._metrics_server = self.metrics.serve(self.config.metrics["port"])
         self.uplink.start()
         if self.local is not None:
             self.local.start()
+        if self.radios:
+            self._adapters = AsyncAdapters()
+            self._adapters.start(self.radios)
         self._thread.start()
         log.info("agent %s running: %d devices, %d alerts waiting", self.config.agent["id"],
                  len(self.registry.devices), self.store.queue_depth())
-        return self
+
+    def _ble(self, settings):
+        from .ble_intake import BleIntake
+        backend = None
+        if settings["virtual_air"]:
+            from ansim_simulators.ble_radio import bleak_backend_for
+            backend = bleak_backend_for(settings["virtual_air"])
+        return BleIntake(self.intake.put, receiver=settings["adapter"], backend=backend,
+                         adapter=settings["adapter"], scanning_mode=settings["scanning"])
 
     def stop(self):
         self._stop.set()
-        self._thread.join(10)
+        if self._adapters is not None:
+            self._adapters.stop()
+        if self._thread.is_alive():
+            self._thread.join(10)
         if self.local is not None:
             self.local.stop()
         self.uplink.stop()
