@@ -40,8 +40,9 @@ def build(kind, device, frame, reception, now, location, nearby, config, extra=N
     return body
 
 
-def offline(device, last_heard, now, config):
-    """A device-offline event: the device was silent longer than its supervision period."""
+def offline(device, last_heard, now, config, reason="silent"):
+    """A device-offline event: the device was silent longer than its supervision period
+    (``silent``), or the broker published its last will (``last_will``)."""
     return {
         "schema": SCHEMA_ID,
         "alert_id": "%s-offline-%d" % (device.hex_id, int(last_heard)),
@@ -52,6 +53,7 @@ def offline(device, last_heard, now, config):
         "received_at": iso(now),
         "stored_at": iso(now),
         "last_heard": iso(last_heard),
+        "reason": reason,
         "supervision_s": device.supervision_s,
         "location": ({"lat": device.position[0], "lon": device.position[1], "accuracy_m": 5, "source": "registered"}
                      if device.position else None),

@@ -49,7 +49,7 @@ class Agent:
         self.local = None
         if config.local_mqtt["enabled"]:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
-                                   config.agent["id"] + "-local")
+                                   config.agent["id"] + "-local", on_state=self._on_device_state)
         self._control = queue.Queue()  # work from other threads that must run on the pipeline thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
@@ -139,20 +139,37 @@ class Agent:
                 self.local.send(downlink.device_id, downlink.frame)
 
     def _on_center_ack(self, alert_id, status):
-        self._control.put((alert_id, status))
+        self._control.put(lambda: self._center_ack(alert_id, status))
+
+    def _on_device_state(self, device_id, payload):
+        if payload == b"offline":
+            self._control.put(lambda: self._last_will(device_id))
 
     def _run_control(self):
         while True:
             try:
-                alert_id, status = self._control.get_nowait()
+                work = self._control.get_nowait()
             except queue.Empty:
                 return
-            now = self.clock()
-            downlinks = self.core.center_ack(alert_id, status, now)
-            if status == "resolved":
-                downlinks += self.core.resolve(alert_id, now)
-            self.store.commit()  # their counters, before the frames leave
-            self._send(downlinks)
+            work()
+
+    def _last_will(self, device_id):
+        """The broker published a device's will: its connection died. Report it now rather
+        than after the supervision period (the will is unauthenticated: it can only ever
+        raise an offline event, never hide one)."""
+        device = self.registry.get(device_id)
+        if device is None or device_id in self._offline:
+            return
+        now = self.clock()
+        self._report_offline([(device, self.store.last_heard().get(device_id, now))], now, "last_will")
+
+    def _center_ack(self, alert_id, status):
+        now = self.clock()
+        downlinks = self.core.center_ack(alert_id, status, now)
+        if status == "resolved":
+            downlinks += self.core.resolve(alert_id, now)
+        self.store.commit()  # their counters, before the frames leave
+        self._send(downlinks)
 
     def _periodic(self):
         now = self.clock()
@@ -180,15 +197,18 @@ class Agent:
                 silent.append((device, heard))
             elif now - heard <= device.supervision_s and device_id in self._offline:
                 self._offline.discard(device_id)
-        for device, heard in silent:
-            body = alerts.offline(device, heard, now, self.config)
+        if silent:
+            self._report_offline(silent, now, "silent")
+
+    def _report_offline(self, devices, now, reason):
+        for device, heard in devices:
+            body = alerts.offline(device, heard, now, self.config, reason)
             self.store.add_alert(body["alert_id"], device.device_id, now, now, body)
             self._offline.add(device.device_id)
-        if silent:
-            self.store.commit()
-            for device, _ in silent:
-                self.store.set_offline(device.device_id, True)
-            self.uplink.wake()
+        self.store.commit()
+        for device, _ in devices:
+            self.store.set_offline(device.device_id, True)
+        self.uplink.wake()
 
 
 def run(config):

@@ -1,0 +1,85 @@
+"""Supervision: a device silent past its period, or whose MQTT last will fires, produces one
+device-offline event at the center; low battery and tamper are forwarded."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+from ansim_agent import config as config_module
+from ansim_agent.service import Agent
+from ansim_protocol import frames, topics
+from ansim_protocol.crypto import DeviceKeys
+from ansim_simulators.broker import MosquittoBroker
+from ansim_simulators.street import Street
+
+WAIT_S = 10
+BELL_WITH_WILL = """
+import sys, threading
+import paho.mqtt.client as mqtt
+up = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bell")
+c.will_set(sys.argv[2], b"offline", qos=1, retain=True)
+c.on_connect = lambda *a: up.set()
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+up.wait(10)
+print("connected", flush=True)
+threading.Event().wait()
+"""
+
+
+class Clock:
+    """Agent time that the test moves forward (thread-safe)."""
+
+    def __init__(self):
+        self._now = time.time()
+        self._lock = threading.Lock()
+
+    def __call__(self):
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds):
+        with self._lock:
+            self._now += seconds
+
+
+def test_silent_bell_goes_offline_once_and_a_last_will_reports_at_once(tmp_path, mqtt_client):
+    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port, bells=2)
+        view = mqtt_client(center)
+        view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+        clock = Clock()
+        quiet, chatty = street.bells
+        with Agent(config_module.load(street.config_path), clock=clock):
+            device = mqtt_client(local)
+            for bell in (quiet, chatty):
+                beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 1, "faults": 0},
+                                          DeviceKeys(bell.key), bell.device_id, 1)
+                device.publish(topics.topic(bell.device_id, topics.UP), beat)
+            tamper = frames.build_plain("tamper", {"state": "opened"}, DeviceKeys(chatty.key), chatty.device_id, 2)
+            device.publish(topics.topic(chatty.device_id, topics.UP), tamper)
+            assert json.loads(view.next_message(WAIT_S).payload)["type"] == "tamper"
+
+            # The bell's link dies (power cut: the process is killed): the broker publishes its will.
+            bell_link = subprocess.Popen([sys.executable, "-c", BELL_WITH_WILL, str(local.port),
+                                          topics.topic(chatty.device_id, topics.STATE)], stdout=subprocess.PIPE)
+            assert bell_link.stdout.readline() == b"connected\n"
+            bell_link.kill()
+            bell_link.wait()
+            bell_link.stdout.close()
+            will = json.loads(view.next_message(WAIT_S).payload)
+            assert (will["type"], will["device"]["id"], will["reason"]) == ("device_offline", chatty.hex_id, "last_will")
+
+            clock.advance(91)  # past the 90 s mains period
+            silent = json.loads(view.next_message(WAIT_S).payload)
+            assert (silent["type"], silent["device"]["id"], silent["reason"]) == ("device_offline", quiet.hex_id, "silent")
+            clock.advance(30)
+            with_more_time = []
+            try:
+                with_more_time.append(view.next_message(1.5))
+            except TimeoutError:
+                pass
+            assert with_more_time == [], "a device goes offline once, not at every check"
