@@ -54,7 +54,10 @@ SCHEMA = {
     "lights": {
         "radius_m": Setting(float, default=50.0, low=1, high=1000, doc="streetlights within this of an emergency blink"),
         "blink_s": Setting(int, default=300, low=5, high=3600, doc="how long they blink unless stopped"),
-        "brighten_pct": Setting(int, default=100, low=1, high=100),
+        "brighten_pct": Setting(int, default=100, low=1, high=100, doc="level for walk-home monitoring"),
+        "monitor_corridor_m": Setting(float, default=25.0, low=1, high=200, doc="lights this close to a monitored route take part"),
+        "monitor_ahead_m": Setting(float, default=100.0, low=10, high=1000, doc="how far ahead of the walker lights brighten"),
+        "monitor_hold_s": Setting(int, default=900, low=60, high=7200, doc="a brighten command expires after this unless renewed"),
     },
     "supervision": {
         "mains_s": Setting(int, default=90, low=10, doc="bells and streetlights silent longer are offline"),

@@ -15,6 +15,7 @@ from ansim_protocol import frames, topics
 from ansim_protocol.errors import DIRECTION, REPLAY, TOPIC, UNKNOWN, FrameError
 
 from . import alerts, geo
+from .monitoring import Route, Session
 from .resolver import RotatingIdResolver
 
 log = logging.getLogger("ansim.agent.core")
@@ -62,6 +63,7 @@ class Core:
         self.lights = registry.by_role("streetlight")
         self.open_emergencies = {}  # device_id -> _OpenEmergency
         self.light_states = {}      # device_id -> fields of the last light_state
+        self.monitoring = {}        # session id -> monitoring.Session
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -211,6 +213,40 @@ class Core:
         frame = frames.build_plain("center_ack", {"acked_counter": counter, "status": status}, device.keys,
                                    device.device_id, self.store.next_down(device.device_id), downlink=True)
         return [Downlink(device.device_id, frame, "center_ack")]
+
+    def monitor(self, request, now):
+        """A walk-home monitoring request from the center: start, update, stop or arrived.
+        Returns the light commands; raises ValueError with a reason for a bad request."""
+        session_id, action = str(request["session"]), request["action"]
+        lights = self.config.lights
+        if action == "start":
+            route = Route([(float(lat), float(lon)) for lat, lon in request["route"]])
+            self._end_monitoring(session_id, now, [])
+            self.monitoring[session_id] = Session(session_id, route, self.lights, lights["monitor_corridor_m"],
+                                                  lights["monitor_ahead_m"])
+        session = self.monitoring.get(session_id)
+        if session is None:
+            raise ValueError("no monitoring session %r" % session_id)
+        downlinks = []
+        if action in ("stop", "arrived"):
+            self._end_monitoring(session_id, now, downlinks)
+            return downlinks
+        if action not in ("start", "update"):
+            raise ValueError("unknown monitoring action %r" % action)
+        position = request.get("position")
+        brighten, restore = session.move(None if position is None else (float(position[0]), float(position[1])))
+        for device_id in brighten:
+            downlinks.append(self.light_command(self.registry.get(device_id), "brighten", lights["brighten_pct"],
+                                                lights["monitor_hold_s"], now))
+        for device_id in restore:
+            downlinks.append(self.light_command(self.registry.get(device_id), "restore", 0, 0, now))
+        return downlinks
+
+    def _end_monitoring(self, session_id, now, downlinks):
+        session = self.monitoring.pop(session_id, None)
+        if session is not None:
+            for device_id in session.end():
+                downlinks.append(self.light_command(self.registry.get(device_id), "restore", 0, 0, now))
 
     def resolve(self, alert_id, now):
         """The center resolved an emergency: its lights go back to their schedule."""

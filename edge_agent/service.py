@@ -40,7 +40,8 @@ class Agent:
         self._rejections = RejectionLog()
         self.metrics = metrics or Metrics()
         self._metrics_server = None
-        self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack, clock=clock)
+        self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack,
+                             on_monitor=lambda request: self._control.put(lambda: self._monitor(request)), clock=clock)
         self.radios = [self._ble(config.ble)] if config.ble["enabled"] else []
         if config.serial["enabled"]:
             from .serial_intake import SerialIntake
@@ -162,6 +163,15 @@ class Agent:
             return
         now = self.clock()
         self._report_offline([(device, self.store.last_heard().get(device_id, now))], now, "last_will")
+
+    def _monitor(self, request):
+        try:
+            downlinks = self.core.monitor(request, self.clock())
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("ignored a monitoring request: %s: %r", err, request)
+            return
+        self.store.commit()
+        self._send(downlinks)
 
     def _center_ack(self, alert_id, status):
         now = self.clock()

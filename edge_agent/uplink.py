@@ -34,8 +34,9 @@ def agent_topic(agent_id, channel):
 
 
 class Uplink:
-    def __init__(self, config, store, metrics, on_ack=None, clock=time.time):
-        self.config, self.store, self.metrics, self.on_ack, self.clock = config, store, metrics, on_ack, clock
+    def __init__(self, config, store, metrics, on_ack=None, on_monitor=None, clock=time.time):
+        self.config, self.store, self.metrics, self.clock = config, store, metrics, clock
+        self.on_ack, self.on_monitor = on_ack, on_monitor
         center = config.center
         self.agent_id = config.agent["id"]
         self.session = store.next_session()
@@ -96,7 +97,7 @@ class Uplink:
         if reason.is_failure:
             log.error("the center's broker refused agent %s: %s", self.agent_id, reason)
             return
-        client.subscribe(agent_topic(self.agent_id, "ack"), qos=1)
+        client.subscribe([(agent_topic(self.agent_id, "ack"), 1), (agent_topic(self.agent_id, "monitor"), 1)])
         self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), None, retain=True)
         self.connected.set()
         self.metrics.center_connected.set(1)
@@ -142,6 +143,15 @@ class Uplink:
         self._wake.set()
 
     def _on_message(self, client, userdata, msg):
+        if msg.topic == agent_topic(self.agent_id, "monitor"):
+            try:
+                request = json.loads(msg.payload)
+            except ValueError:
+                log.warning("ignored a monitoring request that is not JSON")
+                return
+            if self.on_monitor is not None:
+                self.on_monitor(request)
+            return
         try:
             ack = json.loads(msg.payload)
             alert_id, status = ack["alert_id"], ack["status"]

@@ -1,0 +1,76 @@
+"""Walk-home monitoring: lights ahead of the walker brighten, those behind are restored, and
+all go back to their schedule on arrival or stop."""
+
+import json
+
+import pytest
+
+from ansim_agent import config as config_module
+from ansim_agent.monitoring import Route
+from ansim_agent.service import Agent
+from ansim_protocol import frames, topics
+from ansim_protocol.crypto import DeviceKeys
+from ansim_simulators.broker import MosquittoBroker
+from ansim_simulators.street import ORIGIN, Street, offset
+from test_core import Clock, make_core
+
+WAIT_S = 10
+
+
+def light_ids(street, metres):
+    """Ids of the street's lights at these distances east of the origin (lights every 20 m)."""
+    return {street.lights[m // 20].device_id for m in metres}
+
+
+def test_route_locates_points_along_and_off_it():
+    route = Route([ORIGIN, offset(ORIGIN, 100), offset(ORIGIN, 100, 50)])
+    assert route.length_m == pytest.approx(150, abs=0.5)
+    along, off = route.locate(offset(ORIGIN, 40, 3))
+    assert along == pytest.approx(40, abs=0.5) and off == pytest.approx(3, abs=0.5)
+    along, off = route.locate(offset(ORIGIN, 104, 20))
+    assert along == pytest.approx(120, abs=0.5) and off == pytest.approx(4, abs=0.5)
+
+
+def test_lights_follow_the_walker_and_are_restored_on_arrival(tmp_path):
+    street = Street(tmp_path / "street", center_port=1)
+    core, store = make_core(street, Clock())
+    route = [list(ORIGIN), list(offset(ORIGIN, 180))]
+
+    def commands(request):
+        out = {}
+        for d in core.monitor(request, Clock().now):
+            light = next(l for l in street.lights if l.device_id == d.device_id)
+            out[d.device_id] = frames.unpack(d.frame, DeviceKeys(light.key)).fields["action"]
+        return out
+
+    start = commands({"session": "walk-1", "action": "start", "route": route})
+    assert start == {i: "brighten" for i in light_ids(street, range(0, 101, 20))}
+    moved = commands({"session": "walk-1", "action": "update", "position": list(offset(ORIGIN, 60, 2))})
+    assert moved == {**{i: "restore" for i in light_ids(street, (0, 20, 40))},
+                     **{i: "brighten" for i in light_ids(street, (120, 140, 160))}}
+    arrived = commands({"session": "walk-1", "action": "arrived"})
+    assert arrived == {i: "restore" for i in light_ids(street, range(60, 161, 20))}
+    with pytest.raises(ValueError, match="no monitoring session"):
+        core.monitor({"session": "walk-1", "action": "update", "position": list(ORIGIN)}, Clock().now)
+    store.close()
+
+
+def test_the_center_starts_monitoring_over_mqtt(tmp_path, mqtt_client):
+    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port)
+        lights_view = mqtt_client(local)
+        lights_view.subscribe("ansim/v1/dev/+/down")
+        births = mqtt_client(center)
+        births.subscribe("ansim/center/v1/agents/+/state")
+        with Agent(config_module.load(street.config_path)):
+            births.next_message(WAIT_S)
+            births.publish("ansim/center/v1/agents/%s/monitor" % street.agent_id, json.dumps(
+                {"session": 9, "action": "start", "route": [list(ORIGIN), list(offset(ORIGIN, 180))]}))
+            bright = set()
+            for _ in range(6):
+                msg = lights_view.next_message(WAIT_S)
+                light = next(l for l in street.lights if topics.topic(l.device_id, topics.DOWN) == msg.topic)
+                command = frames.unpack(msg.payload, DeviceKeys(light.key))
+                assert command.fields["action"] == "brighten" and command.fields["level_pct"] == 100
+                bright.add(light.device_id)
+        assert bright == light_ids(street, range(0, 101, 20))
