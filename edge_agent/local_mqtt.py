@@ -26,11 +26,10 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 class LocalMqtt:
-    def __init__(self, submit, host, port, client_id, on_state=None):
+    def __init__(self, submit, host, port, client_id, on_state=None, on_oversize=None):
         self.submit = submit
-        self.on_state = on_state
+        self.on_state, self.on_oversize = on_state, on_oversize
         self.host, self.port = host, port
-        self.oversize = 0
         self._connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.manual_ack_set(True)
@@ -83,8 +82,9 @@ class LocalMqtt:
                 self.on_state(device_id, bytes(msg.payload))
             ack()
             return
-        if len(msg.payload) > MAX_PAYLOAD:
-            self.oversize += 1
+        if len(msg.payload) > MAX_PAYLOAD:  # never a frame: dropped before any work
+            if self.on_oversize is not None:
+                self.on_oversize(msg.topic, len(msg.payload))
             ack()
             return
         self.submit(Reception(msg.payload, "mqtt", "local", topic=msg.topic, ack=ack))

@@ -50,7 +50,8 @@ class Agent:
         self.local = None
         if config.local_mqtt["enabled"]:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
-                                   config.agent["id"] + "-local", on_state=self._on_device_state)
+                                   config.agent["id"] + "-local", on_state=self._on_device_state,
+                                   on_oversize=self._on_oversize)
         self._control = queue.Queue()  # work from other threads that must run on the pipeline thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
@@ -141,6 +142,11 @@ class Agent:
 
     def _on_center_ack(self, alert_id, status):
         self._control.put(lambda: self._center_ack(alert_id, status))
+
+    def _on_oversize(self, topic, size):
+        self.metrics.frames.labels("mqtt", "-", "oversize").inc()
+        self._control.put(lambda: self._rejections.note_reason(
+            "oversize", "mqtt", "local", "%d-byte payload on %s" % (size, topic)))
 
     def _on_device_state(self, device_id, payload):
         if payload == b"offline":
@@ -240,10 +246,11 @@ class RejectionLog:
         self._last_flush = time.time()
 
     def note(self, outcome):
-        reason = outcome.verdict
+        self.note_reason(outcome.verdict, outcome.reception.path, outcome.reception.receiver, outcome.detail)
+
+    def note_reason(self, reason, path, receiver, detail):
         if reason not in self._counts:
-            log.warning("rejected a frame via %s/%s: %s", outcome.reception.path, outcome.reception.receiver,
-                        outcome.detail)
+            log.warning("rejected a frame via %s/%s: %s", path, receiver, detail)
             self._counts[reason] = 0
         else:
             self._counts[reason] += 1

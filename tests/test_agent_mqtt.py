@@ -115,3 +115,28 @@ def test_alerts_survive_a_center_outage_and_arrive_in_order(site, mqtt_client):
         view.subscribe("ansim/center/v1/jung-gu/alerts/#")
         ids = [json.loads(view.next_message(WAIT_S).payload)["alert_id"] for _ in range(20)]
         assert ids == ["%s-%d" % (bell.hex_id, c) for c in range(1, 21)]
+
+
+def test_garbage_oversize_and_bad_topics_are_counted_and_never_stop_the_agent(site, mqtt_client):
+    street, local, center = site
+    view = mqtt_client(center)
+    view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+    with Agent(config_module.load(street.config_path)) as agent:
+        device = mqtt_client(local)
+        bell = street.bells[0]
+        device.publish(topics.topic(bell.device_id, topics.UP), bytes(1000))            # oversize
+        device.publish(topics.topic(bell.device_id, topics.UP), b"\x10\xff\x00garbage")  # malformed
+        device.publish("ansim/v1/dev/NOTHEX!!/up", press(bell, 1))                      # bad topic
+        device.publish(topics.topic(street.bells[1].device_id, topics.UP), press(bell, 2))  # wrong device's topic
+        device.publish(topics.topic(bell.device_id, topics.UP), press(bell, 3))
+        assert json.loads(view.next_message(WAIT_S).payload)["alert_id"] == "%s-3" % bell.hex_id
+        counted = {labels["verdict"]: sample for labels, sample in _frames_by_verdict(agent)}
+        assert (counted.get("oversize"), counted.get("short"), counted.get("topic")) == (1, 1, 2)
+
+
+def _frames_by_verdict(agent):
+    for metric in agent.metrics.registry.collect():
+        if metric.name == "ansim_frames":
+            for sample in metric.samples:
+                if sample.name == "ansim_frames_total":
+                    yield sample.labels, sample.value
