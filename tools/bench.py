@@ -8,6 +8,8 @@ machines are shared and noisy: compare columns, not runs.
    drained: stored (fsynced) and delivered.
 3. intake of heartbeats and duplicates: frames/s through the core (verify, dedup, commit).
 4. memory: RSS of an agent process supervising 10,000 devices.
+5. outage (``--outage N``, off by default: about a minute per 100,000): N alerts raised while
+   the center is away wait on disk, then arrive, all and in order per device.
 """
 
 import json
@@ -40,6 +42,7 @@ def add_parser(subparsers):
     p.add_argument("--backlog", type=int, default=5000, help="alerts queued for the throughput run")
     p.add_argument("--frames", type=int, default=50000, help="heartbeats for the intake run")
     p.add_argument("--devices", type=int, default=10000, help="devices for the memory run")
+    p.add_argument("--outage", type=int, default=0, help="alerts raised during a center outage (e.g. 100000)")
     p.add_argument("--json", help="also write the results to this file")
     p.set_defaults(run=run)
 
@@ -62,6 +65,8 @@ def run(args):
         results["durable"] = bench_durable(tmp / "durable", args.backlog)
         results["intake"] = bench_intake(tmp / "intake", args.frames)
         results["memory"] = bench_memory(tmp / "memory", args.devices)
+        if args.outage:
+            results["outage"] = bench_outage(tmp / "outage", args.outage)
     verdicts = [
         ("p99 added latency at %d/s" % args.rate, results["latency"]["added_p99_ms"], "<=", TARGETS["p99_added_ms"], "ms"),
         ("durable alerts/s (stored)", results["durable"]["agent_stored_per_s"], ">=", TARGETS["durable_per_s"], "/s"),
@@ -240,6 +245,55 @@ def _raw_relay_throughput(local, center, street, backlog):
     finally:
         devices.close()
         relay.close()
+
+
+# -- 5. outage ---------------------------------------------------------------------------------
+
+def bench_outage(directory, count):
+    say("\n5. outage: %d alerts raised while the center's broker is down" % count)
+    local, center, street = _site(directory, bells=100)
+    center.stop()
+    try:
+        devices = connect_client("127.0.0.1", local.port, client_id="bench-outage")
+        with Agent(config_module.load(street.config_path)) as agent:
+            start = time.perf_counter()
+            for i, (topic, payload) in enumerate(_presses(street, count)):
+                devices.paho.publish(topic, payload, qos=1)
+                if i % 1000 == 999:  # keep paho's own queue short
+                    _wait(lambda: agent.store.queue_depth() >= i - 5000, 120, "storing")
+            _wait(lambda: agent.store.queue_depth() >= count, 300, "storing the outage backlog")
+            stored_s = time.perf_counter() - start
+            db_mb = sum(p.stat().st_size for p in agent.store.path.parent.glob("agent.db*")) / 1e6
+            center.start()
+            view = connect_client("127.0.0.1", center.port, client_id="bench-center")
+            arrived = []
+            view.paho.on_message = lambda c, u, m: arrived.append(json.loads(m.payload)["alert_id"])
+            view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+            start = time.perf_counter()
+            _wait(lambda: len(set(arrived)) >= count, 600, "delivering after the outage")
+            delivered_s = time.perf_counter() - start
+            view.close()
+        devices.close()
+    finally:
+        local.stop()
+        center.stop()
+    in_order = all(_in_order([a for a in arrived if a.startswith(b.hex_id)]) for b in street.bells)
+    result = {"alerts": count, "stored_per_s": count / stored_s, "db_mb": db_mb,
+              "delivered_per_s": count / delivered_s, "all_arrived": len(set(arrived)) == count,
+              "in_order_per_device": in_order}
+    say("   stored %d alerts at %.0f/s (%.1f MB on disk); after the outage delivered at %.0f/s; "
+        "all arrived: %s; in order per device: %s" % (count, result["stored_per_s"], db_mb,
+                                                       result["delivered_per_s"], result["all_arrived"], in_order))
+    return result
+
+
+def _in_order(alert_ids):
+    firsts, seen = [], set()
+    for alert_id in alert_ids:
+        if alert_id not in seen:
+            seen.add(alert_id)
+            firsts.append(int(alert_id.split("-")[1]))
+    return firsts == sorted(firsts)
 
 
 # -- 3. intake of heartbeats and duplicates ------------------------------------------------------
