@@ -21,8 +21,10 @@ through ``VirtualAir.serve()``, which exposes one more (RSSI-correcting) control
 over TCP.
 """
 
+import asyncio
 import dataclasses
 import socket
+import threading
 import uuid
 
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
@@ -322,3 +324,29 @@ def advertisement_data(ad, rssi, platform_data=()):
     return AdvertisementData(local_name=name, manufacturer_data=manufacturer, service_data=service_data,
                              service_uuids=service_uuids, tx_power=tx_power, rssi=rssi,
                              platform_data=platform_data)
+
+
+class ThreadedAir:
+    """A ``VirtualAir`` on an event loop of its own thread, served over TCP, for code that is
+    not asyncio (the agent's BLE intake joins it with ``bleak_backend_for(spec)``)."""
+
+    def __init__(self, timeout=10.0):
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="virtual-air", daemon=True)
+        self._thread.start()
+        self.air = self.call(_new_air())
+        self.spec = self.call(self.air.serve())
+
+    def call(self, coroutine):
+        """Run a coroutine on the air's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(self.timeout)
+
+    def close(self):
+        self.call(self.air.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+async def _new_air():
+    return VirtualAir()

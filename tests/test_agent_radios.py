@@ -1,10 +1,8 @@
 """The agent hears wearables over BLE (bleak's API over a virtual bumble radio) and frames
 on a serial line (a pty), and forwards them to the center like any other path."""
 
-import asyncio
 import json
 import os
-import threading
 import time
 import tty
 
@@ -15,38 +13,16 @@ from ansim_agent.intake import IntakeUnavailable
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames, serial_link
 from ansim_protocol.crypto import DeviceKeys, epoch_of
-from ansim_simulators.ble_radio import VirtualAir
+from ansim_simulators.ble_radio import ThreadedAir
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import ORIGIN, Street
 
 WAIT_S = 10
 
 
-class AirThread:
-    """A VirtualAir on its own event loop, served over TCP so the agent's bleak backend can join."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.air = self.call(self._make())
-        self.spec = self.call(self.air.serve())
-
-    async def _make(self):
-        return VirtualAir()
-
-    def call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(WAIT_S)
-
-    def close(self):
-        self.call(self.air.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture
 def air():
-    a = AirThread()
+    a = ThreadedAir()
     yield a
     a.close()
 
