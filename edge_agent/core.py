@@ -12,6 +12,7 @@ import logging
 import time
 
 from ansim_protocol import frames, topics
+from ansim_protocol.crypto import epoch_of
 from ansim_protocol.errors import DIRECTION, REPLAY, TOPIC, UNKNOWN, FrameError
 
 from . import alerts, geo
@@ -28,10 +29,10 @@ LAMP_FAULT = 0x01
 class Downlink:
     """A signed frame for one device, to be sent by whichever adapter reaches it."""
 
-    __slots__ = ("device_id", "frame", "kind")
+    __slots__ = ("device_id", "frame", "kind", "via")
 
-    def __init__(self, device_id, frame, kind):
-        self.device_id, self.frame, self.kind = device_id, frame, kind
+    def __init__(self, device_id, frame, kind, via="mqtt"):
+        self.device_id, self.frame, self.kind, self.via = device_id, frame, kind, via
 
 
 class Outcome:
@@ -200,18 +201,25 @@ class Core:
         return Downlink(light.device_id, frame, "light_command")
 
     def center_ack(self, alert_id, status, now):
-        """Relay the center's acknowledgement to the device that raised the alert (the bell
-        announces it). Wearables are reached over BLE, which has no transmitter yet."""
+        """Relay the center's acknowledgement to the device that raised the alert: a signed
+        plain frame to a bell (it announces it), a sealed frame under the wearable's current
+        rotating id for the BLE transmitter (SPEC.md 3.2)."""
         device_hex, _, counter = alert_id.partition("-")
         try:
             device = self.registry.get(int(device_hex, 16))
             counter = int(counter)
         except ValueError:
             return []
-        if device is None or device.role == "wearable" or status not in frames.ACK_STATUSES.values():
+        if device is None or status not in frames.ACK_STATUSES.values():
             return []
-        frame = frames.build_plain("center_ack", {"acked_counter": counter, "status": status}, device.keys,
-                                   device.device_id, self.store.next_down(device.device_id), downlink=True)
+        fields = {"acked_counter": counter, "status": status}
+        down_counter = self.store.next_down(device.device_id)
+        if device.role == "wearable":
+            _, offset = self.resolver.state(device.device_id)
+            frame = frames.build_sealed("center_ack", fields, device.keys, down_counter,
+                                        epoch_of(now) + offset, downlink=True)
+            return [Downlink(device.device_id, frame, "center_ack", via="ble")]
+        frame = frames.build_plain("center_ack", fields, device.keys, device.device_id, down_counter, downlink=True)
         return [Downlink(device.device_id, frame, "center_ack")]
 
     def monitor(self, request, now):

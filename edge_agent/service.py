@@ -137,8 +137,14 @@ class Agent:
 
     def _send(self, downlinks):
         for downlink in downlinks:
-            if self.local is not None:
+            if downlink.via == "ble":
+                self._advertise(downlink)
+            elif self.local is not None:
                 self.local.send(downlink.device_id, downlink.frame)
+
+    def _advertise(self, downlink):
+        log.warning("no BLE transmitter configured: %s for wearable %08x not relayed",
+                    downlink.kind, downlink.device_id)
 
     def _on_center_ack(self, alert_id, status):
         self._control.put(lambda: self._center_ack(alert_id, status))

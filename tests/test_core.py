@@ -186,3 +186,15 @@ def test_alert_ids_are_idempotent_across_a_reprocessed_frame(street, clock):
     core.process_batch([Reception(bell_press(bell, 1), "mqtt", "local")])
     assert store.alert("%s-1" % bell.hex_id)[2] == {"first": True}
     store.close()
+
+
+def test_center_ack_reaches_a_wearable_as_a_sealed_frame_under_its_current_rotating_id(core, street, clock):
+    wearable = street.wearables[0]
+    outcomes, _ = core.process_batch([Reception(sos_from(wearable, 12, clock), "ble", "ble0")])
+    (ack,) = core.center_ack(outcomes[0].alert_id, "dispatched", clock.now)
+    assert ack.via == "ble" and len(ack.frame) == 24
+    keys = DeviceKeys(wearable.key)
+    frame = frames.unpack(ack.frame, keys)
+    assert frame.kind == "center_ack" and frame.downlink and frame.sealed
+    assert frame.fields == {"acked_counter": 12, "status": "dispatched"}
+    assert frame.rid == frames.peek(sos_from(wearable, 13, clock)).rid  # the id the wearable uses now
