@@ -5,7 +5,9 @@ the fix, before anything starts: an engineer on call should not have to read a t
 The schema is data (``SCHEMA``), with a line of documentation per key.
 """
 
+import difflib
 import os
+import ssl
 import tomllib
 from pathlib import Path
 
@@ -25,7 +27,7 @@ _PATH = "path"
 
 SCHEMA = {
     "agent": {
-        "id": Setting(str, required=True, doc="this agent's name, unique in the city (MQTT client id, alert ids)"),
+        "id": Setting(str, required=True, doc="this agent's name, unique in the city: MQTT client id, alert ids"),
         "site": Setting(str, default="site", doc="district or site name shown to the center"),
         "position": Setting(_POSITION, required=True, doc="where the agent's radio is: { lat = .., lon = .. }"),
         "data_dir": Setting(_PATH, default="/var/lib/ansim", doc="SQLite store and state"),
@@ -91,50 +93,83 @@ class Config:
 
 def load(path):
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("%s: no such file: pass --config with the agent's TOML file" % path) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("%s: not valid TOML: %s" % (path, err)) from None
+    raw = read_toml(path, "pass --config with the agent's TOML file (edge_agent/agent.example.toml documents it)")
     return validate(raw, path)
+
+
+def read_toml(path, if_missing):
+    """Parse a TOML file; every way of failing is one ConfigError line naming the file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError("%s: no such file: %s" % (path, if_missing)) from None
+    except IsADirectoryError:
+        raise ConfigError("%s: is a directory, not a TOML file: %s" % (path, if_missing)) from None
+    except PermissionError:
+        raise ConfigError("%s: permission denied: run as the agent's user (or `sudo -u ansim`)" % path) from None
+    except OSError as err:
+        raise ConfigError("%s: cannot read it: %s" % (path, err.strerror or err)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("%s: not UTF-8 text (byte %d): save it as UTF-8 TOML" % (path, err.start)) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("%s: not valid TOML: %s: fix the syntax there (strings in quotes, "
+                          "tables as [name], one key = value per line)" % (path, err)) from None
+
+
+def did_you_mean(word, choices):
+    """" (did you mean x?)" for a close match, else ""."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return " (did you mean %s?)" % close[0] if close else ""
 
 
 def validate(raw, path):
     base = Path(path).resolve().parent
     unknown = sorted(set(raw) - set(SCHEMA))
     if unknown:
-        raise ConfigError("%s: unknown section [%s]: the sections are %s" % (path, unknown[0], ", ".join(SCHEMA)))
+        raise ConfigError("%s: [%s]: unknown section%s: remove it; the sections are %s"
+                          % (path, unknown[0], did_you_mean(unknown[0], SCHEMA), ", ".join(SCHEMA)))
     sections = {}
     for section, settings in SCHEMA.items():
         given = raw.get(section, {})
         if not isinstance(given, dict):
-            raise ConfigError("%s: %s must be a table [%s]" % (path, section, section))
+            raise ConfigError("%s: %s: must be a table: write [%s] on a line of its own, its keys below it"
+                              % (path, section, section))
         extra = sorted(set(given) - set(settings))
         if extra:
-            raise ConfigError("%s: [%s] %s: unknown key; the keys are %s"
-                              % (path, section, extra[0], ", ".join(settings)))
+            raise ConfigError("%s: [%s] %s: unknown key%s: remove it; the keys of [%s] are %s"
+                              % (path, section, extra[0], did_you_mean(extra[0], settings), section,
+                                 ", ".join(settings)))
         sections[section] = {key: _value(path, section, key, setting, given, base)
                              for key, setting in settings.items()}
     center = sections["center"]
     if center["tls"]:
         for key in ("cafile", "certfile", "keyfile"):
             if center[key] is None:
-                raise ConfigError("%s: [center] %s: required when tls = true (the center's broker "
-                                  "authenticates agents by certificate)" % (path, key))
+                raise ConfigError("%s: [center] %s: missing, required when tls = true (the center's broker "
+                                  "authenticates agents by certificate): add %s = \"<file>\" under [center]"
+                                  % (path, key, key))
     for key in ("cafile", "certfile", "keyfile"):
-        if center[key] is not None and not center[key].exists():
-            raise ConfigError("%s: [center] %s: %s does not exist" % (path, key, center[key]))
+        if center[key] is not None and not center[key].is_file():
+            raise ConfigError("%s: [center] %s: %s %s: fix the path (relative paths are relative to %s)"
+                              % (path, key, center[key], "is not a file" if center[key].exists()
+                                 else "does not exist", base))
     if center["keyfile"] is not None:
         require_private(center["keyfile"], "%s: [center] keyfile" % path)
     return Config(sections, path)
+
+
+_EXAMPLES = {str: '"..."', _PATH: '"<file>"', _POSITION: "{ lat = <degrees>, lon = <degrees> }"}
 
 
 def _value(path, section, key, setting, given, base):
     where = "%s: [%s] %s" % (path, section, key)
     if key not in given:
         if setting.required:
-            raise ConfigError("%s: missing; %s" % (where, setting.doc or "required"))
+            raise ConfigError("%s: missing (required): add %s = %s under [%s]%s"
+                              % (where, key, _EXAMPLES.get(setting.kind, "..."), section,
+                                 " (%s)" % setting.doc if setting.doc else ""))
         if setting.kind is _PATH and setting.default is not None:
             return Path(setting.default)
         return setting.default
@@ -142,23 +177,61 @@ def _value(path, section, key, setting, given, base):
     if setting.kind is _POSITION:
         if (not isinstance(value, dict) or set(value) != {"lat", "lon"}
                 or not all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool) for k in value)):
-            raise ConfigError("%s: must be { lat = <degrees>, lon = <degrees> }, got %r" % (where, value))
+            raise ConfigError("%s: must be { lat = <degrees>, lon = <degrees> }, got %r: e.g. %s = "
+                              "{ lat = 37.5663, lon = 126.9779 }" % (where, value, key))
         if not (-90 <= value["lat"] <= 90 and -180 <= value["lon"] <= 180):
-            raise ConfigError("%s: lat must be within +-90 and lon within +-180, got %r" % (where, value))
+            raise ConfigError("%s: lat must be within +-90 and lon within +-180, got %r: "
+                              "check that lat and lon are not swapped" % (where, value))
         return (float(value["lat"]), float(value["lon"]))
     if setting.kind is _PATH:
         if not isinstance(value, str) or not value:
-            raise ConfigError("%s: must be a file or directory path as a string, got %r" % (where, value))
+            raise ConfigError("%s: must be a file or directory path as a string, got %r: e.g. %s = \"%s\""
+                              % (where, value, key, setting.default or "<file>"))
         return (base / value).resolve()
     if setting.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, setting.kind) or (setting.kind is int and isinstance(value, bool)):
-        raise ConfigError("%s: must be %s, got %r" % (where, _kind_name(setting.kind), value))
+        raise ConfigError("%s: must be %s, got %r: %s" % (where, _kind_name(setting.kind), value,
+                                                           _type_fix(key, setting, value)))
     if setting.low is not None and value < setting.low or setting.high is not None and value > setting.high:
-        raise ConfigError("%s: must be between %s and %s, got %r" % (where, setting.low, setting.high, value))
+        raise ConfigError("%s: must be %s, got %r%s" % (where, _range(setting), value,
+                                                         "" if setting.default is None
+                                                         else " (the default is %r)" % setting.default))
     if setting.choices and value not in setting.choices:
-        raise ConfigError("%s: must be one of %s, got %r" % (where, ", ".join(setting.choices), value))
+        raise ConfigError("%s: must be one of %s, got %r%s" % (where, ", ".join(setting.choices), value,
+                                                               did_you_mean(value, setting.choices)))
     return value
+
+
+def _range(setting):
+    if setting.high is None:
+        return "at least %s" % setting.low
+    if setting.low is None:
+        return "at most %s" % setting.high
+    return "between %s and %s" % (setting.low, setting.high)
+
+
+def _type_fix(key, setting, value):
+    """How to write the value: remove quotes around a number or a boolean, else an example."""
+    if isinstance(value, str) and setting.kind in (int, float, bool):
+        try:
+            unquoted = tomllib.loads("v = %s" % value.strip())["v"]
+        except tomllib.TOMLDecodeError:
+            unquoted = None
+        if isinstance(unquoted, setting.kind) or setting.kind is float and isinstance(unquoted, int):
+            return "remove the quotes: %s = %s" % (key, value.strip())
+    example = setting.default
+    if example is None:
+        example = {str: "...", int: 1, float: 1.0, bool: False}[setting.kind]
+    return "e.g. %s = %s" % (key, _toml(example))
+
+
+def _toml(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"%s"' % value
+    return repr(value)
 
 
 def _kind_name(kind):
@@ -166,8 +239,34 @@ def _kind_name(kind):
 
 
 def require_private(path, what):
-    """Secrets must be readable by the agent only: refuse group/world-readable files."""
+    """Secrets must be readable by the agent only: refuse group/world-accessible files."""
     mode = os.stat(path).st_mode
     if mode & 0o077:
-        raise ConfigError("%s: %s is readable by others (mode %o): run `chmod 600 %s`"
+        raise ConfigError("%s: %s is readable by others (mode %03o): run `chmod 600 %s`"
                           % (what, path, mode & 0o777, path))
+
+
+def check_tls_files(config):
+    """Load the center's CA, the agent's certificate and its key now, so that a wrong file is
+    one line at start rather than a traceback from the TLS library."""
+    center = config.center
+    if not center["tls"]:
+        return
+    context = ssl.create_default_context()
+    where = "%s: [center]" % config.source
+    try:
+        context.load_verify_locations(cafile=str(center["cafile"]))
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError("%s cafile: %s is not a usable CA certificate (%s): it must be the PEM "
+                          "certificate of the CA that signed the center's broker"
+                          % (where, center["cafile"], _ssl_reason(err))) from None
+    try:
+        context.load_cert_chain(str(center["certfile"]), str(center["keyfile"]))
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError("%s certfile, keyfile: cannot load %s with %s (%s): both must be PEM and the "
+                          "key must be the certificate's" % (where, center["certfile"], center["keyfile"],
+                                                              _ssl_reason(err))) from None
+
+
+def _ssl_reason(err):
+    return getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err).splitlines()[0]

@@ -5,6 +5,8 @@ Each agent has its own registry, so several agents can run in one process (tests
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .config import ConfigError
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
 
 
@@ -36,6 +38,23 @@ class Metrics:
             self.latencies.append(latency_s)
 
     def serve(self, port, addr="127.0.0.1"):
-        """Serve /metrics; returns the server so that it can be shut down."""
-        server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        return server
+        """Serve /metrics; returns the server: its ``shutdown()`` also frees the port."""
+        try:
+            server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as err:
+            raise ConfigError("[metrics] port: cannot serve /metrics on %s:%d: %s: stop what uses the port "
+                              "(another agent?), or set another port (0 turns metrics off)"
+                              % (addr, port, err.strerror or err)) from None
+        return _Server(server, thread)
+
+
+class _Server:
+    """prometheus-client's server, whose ``shutdown`` alone leaves the socket listening."""
+
+    def __init__(self, server, thread):
+        self._server, self._thread = server, thread
+
+    def shutdown(self):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -3,8 +3,13 @@
 
 Geometry: the agent stands at Seoul City Hall; streetlights every 20 m along a street running
 east; bells and cameras along it; wearables carried by people nearby.
+
+``center_tls`` (a ``ansim_simulators.pki.TlsFiles`` with the agent's client certificate, its CN
+the agent id) writes ``[center] tls = true`` with its cafile, certfile and keyfile; without it
+the center link is plain, for loopback tests.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -31,7 +36,7 @@ class SimDevice:
 
 class Street:
     def __init__(self, directory, center_port, local_port=None, lights=10, bells=2, wearables=3,
-                 cameras=4, spacing_m=20.0, agent_id="edge-test-01", overrides=None):
+                 cameras=4, spacing_m=20.0, agent_id="edge-test-01", overrides=None, center_tls=None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "keys").mkdir(exist_ok=True)
@@ -43,7 +48,7 @@ class Street:
         self.config_path = self.directory / "agent.toml"
         self.agent_id = agent_id
         self._write_registry()
-        self._write_config(center_port, local_port, overrides or {})
+        self._write_config(center_port, local_port, overrides or {}, center_tls)
 
     @property
     def devices(self):
@@ -71,7 +76,7 @@ class Street:
                   "position = { lat = %r, lon = %r }" % offset(ORIGIN, 120, 40), ""]
         self.registry_path.write_text("\n".join(lines))
 
-    def _write_config(self, center_port, local_port, overrides):
+    def _write_config(self, center_port, local_port, overrides, center_tls=None):
         sections = {
             "agent": {"id": '"%s"' % self.agent_id, "site": '"jung-gu"',
                       "position": "{ lat = %r, lon = %r }" % ORIGIN,
@@ -81,8 +86,19 @@ class Street:
                        "district": '"jung-gu"'},
             "metrics": {"port": "0"},
         }
+        if center_tls is not None:
+            if center_tls.certfile is None or center_tls.keyfile is None:
+                raise ValueError("center_tls needs the agent's certfile and keyfile")
+            sections["center"].update({"tls": "true", "cafile": _toml_path(center_tls.cafile),
+                                       "certfile": _toml_path(center_tls.certfile),
+                                       "keyfile": _toml_path(center_tls.keyfile)})
         for section, values in overrides.items():
             sections.setdefault(section, {}).update(values)
         text = "".join("[%s]\n%s\n" % (name, "".join("%s = %s\n" % kv for kv in values.items()))
                        for name, values in sections.items())
         self.config_path.write_text(text)
+
+
+def _toml_path(path):
+    """An absolute path as a TOML basic string (JSON's escaping is valid TOML)."""
+    return json.dumps(str(Path(path).resolve()))
