@@ -38,6 +38,7 @@ class LocalMqtt:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     def start(self):
         props = Properties(PacketTypes.CONNECT)
@@ -63,8 +64,15 @@ class LocalMqtt:
             log.error("local broker refused the agent: %s", reason)
             return
         client.subscribe([(topics.UPLINK_FILTER, 1), (topics.RELAY_FILTER, 1), (topics.STATE_FILTER, 1)])
-        self._connected.set()
         log.info("connected to the local broker %s:%d", self.host, self.port)
+
+    def _on_subscribe(self, client, userdata, mid, reasons, props):
+        """Ready once the broker granted the subscriptions: from then on it keeps our messages."""
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.error("the local broker refused the agent's subscriptions: %s (check its ACL)", refused)
+            return
+        self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason, props):
         self._connected.clear()

@@ -71,13 +71,14 @@ class Agent:
     def _start(self):
         if self.config.metrics["port"]:
             self._metrics_server = self.metrics.serve(self.config.metrics["port"])
-        self.uplink.start()
+        # Intake first, uplink last: the birth certificate tells the center the agent listens.
+        self._thread.start()
         if self.local is not None:
             self.local.start()
         if self.radios:
             self._adapters = AsyncAdapters()
             self._adapters.start(self.radios)
-        self._thread.start()
+        self.uplink.start()
         log.info("agent %s running: %d devices, %d alerts waiting", self.config.agent["id"],
                  len(self.registry.devices), self.store.queue_depth())
 

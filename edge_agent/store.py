@@ -166,7 +166,8 @@ class Store:
                            "('pending', 'delivered')", (now, alert_id)) == 1
 
     def due_for_escalation(self, before):
-        """Delivered but unacknowledged alerts created before ``before`` and not yet escalated."""
+        """Stored but unacknowledged alerts created before ``before`` and not yet escalated (also
+        undelivered ones: the fallback center may be reachable when the district is not)."""
         return self._query("SELECT seq, alert_id, body FROM alerts WHERE state IN ('pending', 'delivered') "
                            "AND escalated=0 AND created<? ORDER BY seq", (before,))
 

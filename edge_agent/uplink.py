@@ -61,7 +61,10 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
         self.client = client
+        self._rewind_to = None  # re-send from here after a reconnect (alerts the broker refused)
+        self._connect_failures = 0
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
 
     def _certificate(self, state):
@@ -86,7 +89,8 @@ class Uplink:
                                 qos=1, retain=True).wait_for_publish(2)
         self.client.disconnect()
         self.client.loop_stop()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self._record_delivered()
 
     def wake(self):
@@ -99,11 +103,23 @@ class Uplink:
             return
         client.subscribe([(agent_topic(self.agent_id, "ack"), 1), (agent_topic(self.agent_id, "monitor"), 1)])
         self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), None, retain=True)
+        with self._lock:
+            if self._rewind_to is not None:  # everything from the refused alert on, in order
+                self._published_to, self._rewind_to = min(self._published_to, self._rewind_to), None
+        self._connect_failures = 0
         self.connected.set()
         self.metrics.center_connected.set(1)
         self._wake.set()
         log.info("connected to the center %s:%d (session %d)", self.config.center["host"],
                  self.config.center["port"], self.session)
+
+    def _on_connect_fail(self, client, userdata):
+        """The center is unreachable or the TLS handshake failed; say so once, then rarely."""
+        self._connect_failures += 1
+        if self._connect_failures in (1, 10) or self._connect_failures % 100 == 0:
+            log.warning("cannot connect to the center %s:%d (attempt %d; check the network, its address and "
+                        "the agent's certificate); alerts wait in the outbox", self.config.center["host"],
+                        self.config.center["port"], self._connect_failures)
 
     def _on_disconnect(self, client, userdata, flags, reason, props):
         self.connected.clear()
@@ -134,7 +150,10 @@ class Uplink:
             return
         seq, received = tracked
         if reason.is_failure:
-            log.error("the center's broker refused alert #%d: %s (check the agent's ACL)", seq, reason)
+            log.error("the center's broker refused alert #%d: %s (check the agent's ACL); it is sent "
+                      "again after the next reconnection", seq, reason)
+            with self._lock:
+                self._rewind_to = seq - 1 if self._rewind_to is None else min(self._rewind_to, seq - 1)
             return
         self.metrics.alert_delivered(max(0.0, self.clock() - received))
         with self._lock:
