@@ -31,7 +31,7 @@ SCHEMA = {
         "site": Setting(str, default="site", doc="district or site name shown to the center"),
         "position": Setting(_POSITION, required=True, doc="where the agent's radio is: { lat = .., lon = .. }"),
         "data_dir": Setting(_PATH, default="/var/lib/ansim", doc="SQLite store and state"),
-        "registry": Setting(_PATH, required=True, doc="device registry written by `ansim provision`"),
+        "registry": Setting(_PATH, required=True, doc="the device registry: devices, their key files, cameras, facilities"),
         "retention_days": Setting(int, default=30, low=1, high=3650, doc="delivered alerts are purged after this"),
         "dedup_window_s": Setting(int, default=600, low=10, high=86400, doc="same frame heard again within this is one event"),
         "cancel_window_s": Setting(int, default=5, low=1, high=60, doc="a cancel within this after an SOS cancels it"),

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sys
 import time
 
 
@@ -15,7 +16,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level="info"):
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
