@@ -37,6 +37,16 @@ class Metrics:
         if self.latencies is not None:
             self.latencies.append(latency_s)
 
+    def frames_by_verdict(self):
+        """{verdict: frames} over every path and type, for people and tests."""
+        totals = {}
+        for metric in self.frames.collect():
+            for sample in metric.samples:
+                if sample.name == "ansim_frames_total":
+                    verdict = sample.labels["verdict"]
+                    totals[verdict] = totals.get(verdict, 0) + int(sample.value)
+        return totals
+
     def serve(self, port, addr="127.0.0.1"):
         """Serve /metrics; returns the server: its ``shutdown()`` also frees the port."""
         try:

@@ -130,13 +130,5 @@ def test_garbage_oversize_and_bad_topics_are_counted_and_never_stop_the_agent(si
         device.publish(topics.topic(street.bells[1].device_id, topics.UP), press(bell, 2))  # wrong device's topic
         device.publish(topics.topic(bell.device_id, topics.UP), press(bell, 3))
         assert json.loads(view.next_message(WAIT_S).payload)["alert_id"] == "%s-3" % bell.hex_id
-        counted = {labels["verdict"]: sample for labels, sample in _frames_by_verdict(agent)}
+        counted = agent.metrics.frames_by_verdict()
         assert (counted.get("oversize"), counted.get("short"), counted.get("topic")) == (1, 1, 2)
-
-
-def _frames_by_verdict(agent):
-    for metric in agent.metrics.registry.collect():
-        if metric.name == "ansim_frames":
-            for sample in metric.samples:
-                if sample.name == "ansim_frames_total":
-                    yield sample.labels, sample.value

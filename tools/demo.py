@@ -230,9 +230,4 @@ def _reception(frame):
 
 
 def _count(agent, verdict):
-    total = 0
-    for metric in agent.metrics.registry.collect():
-        for sample in metric.samples:
-            if sample.name == "ansim_frames_total" and sample.labels["verdict"] == verdict:
-                total += sample.value
-    return int(total)
+    return agent.metrics.frames_by_verdict().get(verdict, 0)
