@@ -69,6 +69,8 @@ SCHEMA = {
         "enabled": Setting(bool, default=False),
         "adapter": Setting(str, default="hci0"),
         "scanning": Setting(str, default="active", choices=("active", "passive")),
+        "advertise": Setting(bool, default=True, doc="relay the center's acks to wearables by BLE advertising"),
+        "ack_advertise_s": Setting(int, default=30, low=5, high=600, doc="how long an ack is advertised"),
         "virtual_air": Setting(str, doc="simulators only: the bumble transport of a virtual BLE radio"),
     },
     "serial": {

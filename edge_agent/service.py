@@ -6,6 +6,7 @@ the resulting commands, and wakes the uplink. Periodic work (supervision, purge)
 same thread between batches, so the core and the store need no further locking.
 """
 
+import asyncio
 import logging
 import queue
 import signal
@@ -30,7 +31,8 @@ SUPERVISE_EVERY_S = 5.0
 
 
 class Agent:
-    def __init__(self, config, clock=time.time, metrics=None):
+    def __init__(self, config, clock=time.time, metrics=None, virtual_air=None):
+        """``virtual_air``: simulators only, a ``ThreadedAir`` to advertise on instead of BlueZ."""
         self.config = config
         self.clock = clock
         self.registry = registry_module.load(config.agent["registry"], config.supervision)
@@ -43,6 +45,9 @@ class Agent:
         self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack,
                              on_monitor=lambda request: self._control.put(lambda: self._monitor(request)), clock=clock)
         self.radios = [self._ble(config.ble)] if config.ble["enabled"] else []
+        self.advertiser = self._ble_transmitter(config.ble, virtual_air)
+        if self.advertiser is not None:
+            self.radios.append(self.advertiser)
         if config.serial["enabled"]:
             from .serial_intake import SerialIntake
             self.radios.append(SerialIntake(self.intake.put, config.serial["url"], config.serial["baudrate"]))
@@ -90,6 +95,16 @@ class Agent:
             backend = bleak_backend_for(settings["virtual_air"])
         return BleIntake(self.intake.put, receiver=settings["adapter"], backend=backend,
                          adapter=settings["adapter"], scanning_mode=settings["scanning"])
+
+    def _ble_transmitter(self, settings, virtual_air):
+        if not (settings["enabled"] and settings["advertise"]):
+            return None
+        from .ble_advertiser import BlueZAdvertiser, VirtualAdvertiser
+        if virtual_air is not None:
+            return VirtualAdvertiser(virtual_air)
+        if settings["virtual_air"]:
+            return None  # a virtual radio in another process: nothing to advertise on
+        return BlueZAdvertiser(settings["adapter"])
 
     def stop(self):
         self._stop.set()
@@ -144,8 +159,16 @@ class Agent:
                 self.local.send(downlink.device_id, downlink.frame)
 
     def _advertise(self, downlink):
-        log.warning("no BLE transmitter configured: %s for wearable %08x not relayed",
-                    downlink.kind, downlink.device_id)
+        """Put a sealed frame for a wearable on the air for ``ack_advertise_s``; the pipeline
+        does not wait for BlueZ."""
+        if self.advertiser is None or self._adapters is None:
+            log.warning("no BLE transmitter: %s for wearable %08x not relayed (enable [ble] advertise)",
+                        downlink.kind, downlink.device_id)
+            return
+        done = asyncio.run_coroutine_threadsafe(
+            self.advertiser.advertise(downlink.frame, self.config.ble["ack_advertise_s"]), self._adapters.loop)
+        done.add_done_callback(lambda f: f.cancelled() or f.exception() is None or log.error(
+            "could not advertise %s for wearable %08x: %s", downlink.kind, downlink.device_id, f.exception()))
 
     def _on_center_ack(self, alert_id, status):
         self._control.put(lambda: self._center_ack(alert_id, status))

@@ -101,6 +101,15 @@ class VirtualAir:
             await advertiser.start()
         return advertiser
 
+    async def remove_advertiser(self, advertiser):
+        """Stop ``advertiser`` and free its advertising set (for short-lived advertisers, such
+        as the agent's acknowledgements, that would otherwise pile up on the beacons)."""
+        await advertiser.stop()
+        if self._advertisers.get(bytes(advertiser._address)) is advertiser:
+            del self._advertisers[bytes(advertiser._address)]
+        if advertiser._set.advertising_handle in advertiser._set.device.extended_advertising_sets:
+            await advertiser._set.remove()
+
     async def open_scanner(self):
         """A powered-on bumble ``Device`` listening on this air (not yet scanning)."""
         controller = _AirController(self, "scanner%d" % len(self._scanners))

@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs the Debian / Raspberry Pi OS packages that ansim needs when they are missing:
 # mosquitto (private brokers in tests and the demo), socat (virtual serial lines and boards),
-# python3-venv (for .venv). Idempotent and silent when everything is present.
+# dbus (a private bus with a fake BlueZ in the BLE advertising tests), python3-venv (for .venv). Idempotent and silent when everything is present.
 set -eu
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v socat >/dev/null 2>&1 || missing="$missing socat"
+command -v dbus-daemon >/dev/null 2>&1 || missing="$missing dbus"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -z "$missing" ] && exit 0
 
