@@ -51,6 +51,7 @@ SCHEMA = {
         "keyfile": Setting(_PATH, doc="this agent's private key (readable only by the agent)"),
         "district": Setting(str, required=True, doc="topic segment of the district center"),
         "fallback": Setting(str, default="citywide", doc="topic segment of the citywide center"),
+        "mqtt_version": Setting(int, default=5, choices=(5, 3), doc="5, or 3 (3.1.1) for a center broker without MQTT v5"),
         "escalation_s": Setting(int, default=30, low=1, high=3600, doc="unacknowledged alerts go to the fallback after this"),
     },
     "lights": {
@@ -122,7 +123,7 @@ def read_toml(path, if_missing):
 
 def did_you_mean(word, choices):
     """" (did you mean x?)" for a close match, else ""."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return " (did you mean %s?)" % close[0] if close else ""
 
 
@@ -200,7 +201,7 @@ def _value(path, section, key, setting, given, base):
                                                          "" if setting.default is None
                                                          else " (the default is %r)" % setting.default))
     if setting.choices and value not in setting.choices:
-        raise ConfigError("%s: must be one of %s, got %r%s" % (where, ", ".join(setting.choices), value,
+        raise ConfigError("%s: must be one of %s, got %r%s" % (where, ", ".join(map(str, setting.choices)), value,
                                                                did_you_mean(value, setting.choices)))
     return value
 

@@ -49,7 +49,12 @@ class Uplink:
         self._published_to = 0  # highest outbox seq handed to paho in this process
         self._lock = threading.Lock()
         self.delivered = 0
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.agent_id, protocol=mqtt.MQTTv5)
+        self.v5 = center["mqtt_version"] == 5
+        if self.v5:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.agent_id, protocol=mqtt.MQTTv5)
+        else:  # a center broker without MQTT v5: 3.1.1 with a persistent session
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.agent_id,
+                                 protocol=mqtt.MQTTv311, clean_session=False)
         if center["tls"]:
             client.tls_set(ca_certs=str(center["cafile"]), certfile=str(center["certfile"]),
                            keyfile=str(center["keyfile"]), tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -73,10 +78,13 @@ class Uplink:
 
     def start(self):
         """Connect in the background: an unreachable center is an outage, not a fatal error."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self.client.connect_async(self.config.center["host"], self.config.center["port"],
-                                  clean_start=False, properties=props)
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            self.client.connect_async(self.config.center["host"], self.config.center["port"],
+                                      clean_start=False, properties=props)
+        else:
+            self.client.connect_async(self.config.center["host"], self.config.center["port"])
         self.client.loop_start()
         self._thread.start()
 

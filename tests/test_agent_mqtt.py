@@ -132,3 +132,18 @@ def test_garbage_oversize_and_bad_topics_are_counted_and_never_stop_the_agent(si
         assert json.loads(view.next_message(WAIT_S).payload)["alert_id"] == "%s-3" % bell.hex_id
         counted = agent.metrics.frames_by_verdict()
         assert (counted.get("oversize"), counted.get("short"), counted.get("topic")) == (1, 1, 2)
+
+
+def test_a_center_broker_without_mqtt_v5_is_reached_over_3_1_1(tmp_path, mqtt_client):
+    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port,
+                        overrides={"center": {"mqtt_version": "3"}})
+        view = mqtt_client(center)
+        view.subscribe("ansim/center/v1/#")
+        with Agent(config_module.load(street.config_path)):
+            assert json.loads(view.next_message(WAIT_S).payload)["state"] == "online"
+            bell = street.bells[0]
+            mqtt_client(local).publish(topics.topic(bell.device_id, topics.UP), press(bell, 4))
+            assert json.loads(view.next_message(WAIT_S).payload)["alert_id"] == "%s-4" % bell.hex_id
+        # mosquitto logs each client's protocol (its own enum): p2 is MQTT 3.1.1, p5 is MQTT v5.
+        assert "as %s (p2," % street.agent_id in center.log_path.read_text()
