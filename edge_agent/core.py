@@ -13,7 +13,7 @@ import time
 
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import epoch_of
-from ansim_protocol.errors import DIRECTION, REPLAY, TOPIC, UNKNOWN, FrameError
+from ansim_protocol.errors import DIRECTION, TOPIC, UNKNOWN, FrameError
 
 from . import alerts, geo
 from .monitoring import Route, Session

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
 
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
