@@ -40,13 +40,15 @@ def build(kind, device, frame, reception, now, location, nearby, config, extra=N
     return body
 
 
-def offline(device, last_heard, now, config, reason="silent"):
-    """A device-offline event: the device was silent longer than its supervision period
-    (``silent``), or the broker published its last will (``last_will``)."""
+def availability(device, online, last_heard, now, config, reason):
+    """A device-offline event (the device was silent longer than its supervision period:
+    ``silent``, or the broker published its last will: ``last_will``), or the device-online
+    event when it is heard again (``heard``)."""
+    state = "online" if online else "offline"
     return {
         "schema": SCHEMA_ID,
-        "alert_id": "%s-offline-%d" % (device.hex_id, int(last_heard)),
-        "type": "device_offline",
+        "alert_id": "%s-%s-%d" % (device.hex_id, state, int(last_heard)),
+        "type": "device_" + state,
         "test": False,
         "device": {"id": device.hex_id, "role": device.role, "name": device.name},
         "agent": {"id": config.agent["id"], "site": config.agent["site"]},

@@ -62,7 +62,8 @@ class Agent:
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._last_purge = 0.0
         self._last_supervision = 0.0
-        self._offline = self.store.offline_devices()
+        # device_id -> since when it counts as offline; heard after that, it is back online
+        self._offline = dict.fromkeys(self.store.offline_devices(), clock())
 
     def start(self):
         """Start every adapter; if one cannot start, stop the rest and raise its error."""
@@ -198,7 +199,7 @@ class Agent:
         if device is None or device_id in self._offline:
             return
         now = self.clock()
-        self._report_offline([(device, self.store.last_heard().get(device_id, now))], now, "last_will")
+        self._report(False, [(device, self.store.last_heard().get(device_id, now))], now, "last_will")
 
     def _monitor(self, request):
         try:
@@ -233,27 +234,34 @@ class Agent:
                 log.info("purged %d delivered alerts past retention", purged)
 
     def _supervise(self, now):
-        """Devices silent longer than their period produce one device-offline event each."""
-        silent = []
+        """Devices silent longer than their period produce one device-offline event each; an
+        offline device heard again produces one device-online event."""
+        silent, back = [], []
         for device_id, heard in list(self.store.last_heard().items()):
             device = self.registry.get(device_id)
             if device is None:
                 continue
-            if now - heard > device.supervision_s and device_id not in self._offline:
+            if device_id in self._offline:
+                if heard > self._offline[device_id]:
+                    back.append((device, heard))
+            elif now - heard > device.supervision_s:
                 silent.append((device, heard))
-            elif now - heard <= device.supervision_s and device_id in self._offline:
-                self._offline.discard(device_id)
         if silent:
-            self._report_offline(silent, now, "silent")
+            self._report(False, silent, now, "silent")
+        if back:
+            self._report(True, back, now, "heard")
 
-    def _report_offline(self, devices, now, reason):
+    def _report(self, online, devices, now, reason):
         for device, heard in devices:
-            body = alerts.offline(device, heard, now, self.config, reason)
+            body = alerts.availability(device, online, heard, now, self.config, reason)
             self.store.add_alert(body["alert_id"], device.device_id, now, now, body)
-            self._offline.add(device.device_id)
+            if online:
+                self._offline.pop(device.device_id, None)
+            else:
+                self._offline[device.device_id] = now
         self.store.commit()
         for device, _ in devices:
-            self.store.set_offline(device.device_id, True)
+            self.store.set_offline(device.device_id, not online)
         self.uplink.wake()
 
 

@@ -42,7 +42,8 @@ def bodies(tmp_path):
     outcomes, _ = core.process_batch(received)
     made = [core.store.alert(o.alert_id)[2] for o in outcomes]
     registry_bell = core.registry.get(bell.device_id)
-    made.append(alerts.offline(registry_bell, NOW - 200, NOW, core.config))
+    made.append(alerts.availability(registry_bell, False, NOW - 200, NOW, core.config, "silent"))
+    made.append(alerts.availability(registry_bell, True, NOW - 10, NOW, core.config, "heard"))
     store.close()
     return made
 

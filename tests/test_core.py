@@ -198,3 +198,15 @@ def test_center_ack_reaches_a_wearable_as_a_sealed_frame_under_its_current_rotat
     assert frame.kind == "center_ack" and frame.downlink and frame.sealed
     assert frame.fields == {"acked_counter": 12, "status": "dispatched"}
     assert frame.rid == frames.peek(sos_from(wearable, 13, clock)).rid  # the id the wearable uses now
+
+
+def test_acknowledged_alerts_are_purged_after_retention_and_open_ones_kept(core, street, clock):
+    bells = street.bells
+    outcomes, _ = core.process_batch([Reception(bell_press(bells[0], 1), "mqtt", "local"),
+                                      Reception(bell_press(bells[1], 1), "mqtt", "local")])
+    core.store.mark_acked(outcomes[0].alert_id, clock.now)
+    retention = 30 * 86400
+    assert core.store.purge(clock.now + retention - 1, retention, 600) == 0
+    assert core.store.purge(clock.now + retention + 1, retention, 600) == 1
+    assert core.store.alert(outcomes[0].alert_id) is None
+    assert core.store.alert(outcomes[1].alert_id)[1] == "pending"  # never acknowledged: kept

@@ -46,14 +46,14 @@ class Clock:
             self._now += seconds
 
 
-def test_silent_bell_goes_offline_once_and_a_last_will_reports_at_once(tmp_path, mqtt_client):
+def test_offline_once_on_silence_or_last_will_and_online_when_heard_again(tmp_path, mqtt_client):
     with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
         street = Street(tmp_path / "street", center_port=center.port, local_port=local.port, bells=2)
         view = mqtt_client(center)
         view.subscribe("ansim/center/v1/jung-gu/alerts/#")
         clock = Clock()
         quiet, chatty = street.bells
-        with Agent(config_module.load(street.config_path), clock=clock):
+        with Agent(config_module.load(street.config_path), clock=clock) as agent:
             device = mqtt_client(local)
             for bell in (quiet, chatty):
                 beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 1, "faults": 0},
@@ -83,3 +83,15 @@ def test_silent_bell_goes_offline_once_and_a_last_will_reports_at_once(tmp_path,
             except TimeoutError:
                 pass
             assert with_more_time == [], "a device goes offline once, not at every check"
+
+            beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 3, "faults": 0},
+                                      DeviceKeys(quiet.key), quiet.device_id, 2)
+            heard_before = agent.store.last_heard()[quiet.device_id]
+            device.publish(topics.topic(quiet.device_id, topics.UP), beat)
+            deadline = time.monotonic() + WAIT_S
+            while agent.store.last_heard()[quiet.device_id] == heard_before:  # the agent has the beat
+                assert time.monotonic() < deadline, "heartbeat not processed"
+                time.sleep(0.01)
+            clock.advance(6)  # the next supervision round
+            back = json.loads(view.next_message(WAIT_S).payload)
+            assert (back["type"], back["device"]["id"], back["reason"]) == ("device_online", quiet.hex_id, "heard")
