@@ -145,7 +145,7 @@ class Story:
         elapsed = (time.perf_counter() - started) * 1e3
         check(alert["location"]["source"] == "gnss", "the SOS was not located by its GNSS fix")
         loc = alert["location"]
-        say("4. The child presses SOS. The control center has the alert %.0f ms after the first advertisement:"
+        say("4. The child presses SOS. The control center has the alert %.0f ms after the wearable starts advertising:"
             % elapsed)
         say("   %s from %s, at %.6f, %.6f within %d m (%s), heard at %d dBm"
             % (alert["type"].upper(), alert["device"]["name"], loc["lat"], loc["lon"], loc["accuracy_m"],
