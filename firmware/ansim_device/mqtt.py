@@ -1,0 +1,256 @@
+"""A minimal MQTT 3.1.1 client for MicroPython on asyncio streams (SPEC.md 6.2).
+
+Why written here: paho does not run on MicroPython, and micropython-lib's ``umqtt.simple`` /
+``umqtt.robust`` are blocking (a streetlight must keep blinking while it waits for the broker)
+and cannot be installed with ``mip`` on an offline site. What a bell or streetlight needs is
+small: CONNECT with a client id, keepalive and a last will; QoS 0/1 PUBLISH (QoS 1 waits for
+its PUBACK); SUBSCRIBE; receiving QoS 0/1 publishes (PUBACK sent); PINGREQ; reconnection with
+exponential backoff. No QoS 2, no persistent session (clean session: commands that arrive
+while a device is offline would be stale anyway), no TLS.
+
+Every wait has a timeout. MicroPython quirk: ``asyncio.wait_for(asyncio.sleep(x), t)`` does
+not time out properly; wrap a sleep in an ``async def`` before giving it to ``wait_for``.
+"""
+
+import asyncio
+import struct
+
+CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
+SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
+CONNACK_ERRORS = {1: "bad protocol version", 2: "client id rejected", 3: "server unavailable",
+                  4: "bad user name or password", 5: "not authorised"}
+
+
+class MQTTError(Exception):
+    pass
+
+
+def _str(s):
+    if isinstance(s, str):
+        s = s.encode()
+    return struct.pack(">H", len(s)) + s
+
+
+def _packet(kind, body):
+    """Fixed header (type byte, variable-length remaining length) + body."""
+    out = bytearray([kind])
+    n = len(body)
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            break
+    return bytes(out) + body
+
+
+async def _sleep(seconds):
+    await asyncio.sleep(seconds)
+
+
+class MQTTClient:
+    """``client.run()`` keeps a connection up forever; ``on_connect`` (async, no args) runs
+    after each CONNACK (subscribe there); ``on_message(topic, payload)`` (sync) gets every
+    publish. ``connected`` tells whether the link is up."""
+
+    def __init__(self, client_id, host, port=1883, keepalive=30, will=None, on_message=None,
+                 on_connect=None, on_disconnect=None, timeout=5, backoff_max=30):
+        self.client_id = client_id
+        self.host, self.port = host, port
+        self.keepalive = keepalive
+        self.will = will  # (topic, payload, retain, qos)
+        self.on_message = on_message or (lambda topic, payload: None)
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.timeout = timeout
+        self.backoff_max = backoff_max
+        self.connected = False
+        self.connects = 0
+        self._reader = self._writer = None
+        self._lock = asyncio.Lock()
+        self._pid = 0
+        self._pending = {}  # packet id -> asyncio.Event (PUBACK / SUBACK)
+        self._lost = asyncio.Event()
+
+    # -- packets --------------------------------------------------------------------------
+    def _next_pid(self):
+        self._pid = self._pid % 0xFFFF + 1
+        return self._pid
+
+    async def _send(self, data):
+        if self._writer is None:
+            raise MQTTError("not connected")
+        await asyncio.wait_for(self._lock.acquire(), self.timeout)
+        try:
+            self._writer.write(data)
+            await asyncio.wait_for(self._writer.drain(), self.timeout)
+        finally:
+            self._lock.release()
+
+    async def _read_packet(self, timeout):
+        """(type byte, body) of the next packet; EOFError/OSError/TimeoutError on a dead link."""
+        r = self._reader
+        head = await asyncio.wait_for(r.readexactly(1), timeout)
+        n, shift = 0, 0
+        while True:
+            b = (await asyncio.wait_for(r.readexactly(1), self.timeout))[0]
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise MQTTError("bad remaining length")
+        body = await asyncio.wait_for(r.readexactly(n), self.timeout) if n else b""
+        return head[0], body
+
+    # -- connection -----------------------------------------------------------------------
+    async def connect(self):
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.timeout)
+        flags = 0x02  # clean session
+        payload = _str(self.client_id)
+        if self.will:
+            topic, message, retain, qos = self.will
+            flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+            payload += _str(topic) + _str(message)
+        body = _str(b"MQTT") + bytes([4, flags]) + struct.pack(">H", self.keepalive) + payload
+        await self._send(_packet(CONNECT, body))
+        kind, body = await self._read_packet(self.timeout)
+        if kind != CONNACK or len(body) != 2:
+            raise MQTTError("expected CONNACK, got type 0x%02x" % kind)
+        if body[1]:
+            raise MQTTError("connection refused: %s" % CONNACK_ERRORS.get(body[1], body[1]))
+        self._lost = asyncio.Event()
+        self.connected = True
+        self.connects += 1
+
+    async def publish(self, topic, payload, retain=False, qos=1):
+        """Send; for QoS 1 wait for the PUBACK (MQTTError / TimeoutError if none in time)."""
+        if not self.connected:
+            raise MQTTError("not connected")
+        if isinstance(payload, str):
+            payload = payload.encode()
+        if qos == 0:
+            await self._send(_packet(PUBLISH | (0x01 if retain else 0), _str(topic) + payload))
+            return
+        await self._request(PUBLISH | 0x02 | (0x01 if retain else 0),
+                            _str(topic), payload)
+
+    async def _request(self, kind, head, tail):
+        """Send a packet with a fresh packet id between ``head`` and ``tail``; wait for its
+        acknowledgement (PUBACK/SUBACK); returns the SUBACK's granted QoS."""
+        pid = self._next_pid()
+        entry = self._pending[pid] = [asyncio.Event(), 0]
+        try:
+            await self._send(_packet(kind, head + struct.pack(">H", pid) + tail))
+            await asyncio.wait_for(entry[0].wait(), self.timeout)
+        finally:
+            self._pending.pop(pid, None)
+        if not self.connected:
+            raise MQTTError("link lost before the acknowledgement")
+        return entry[1]
+
+    async def subscribe(self, topic, qos=1):
+        if await self._request(SUBSCRIBE, b"", _str(topic) + bytes([qos])) == 0x80:
+            raise MQTTError("subscription to %s refused" % topic)
+
+    async def ping(self):
+        await self._send(_packet(PINGREQ, b""))
+
+    async def disconnect(self):
+        try:
+            await self._send(_packet(DISCONNECT, b""))
+        except Exception:
+            pass
+        self._close()
+
+    def _close(self):
+        was = self.connected
+        self.connected = False
+        w, self._writer, self._reader = self._writer, None, None
+        if w is not None:
+            try:
+                w.close()
+            except Exception:
+                pass
+        for entry in self._pending.values():
+            entry[0].set()  # waiters see connected False and raise
+        self._lost.set()
+        if was and self.on_disconnect:
+            self.on_disconnect()
+
+    # -- the loops ------------------------------------------------------------------------
+    async def _receive(self):
+        """Read packets until the link dies. Silence beyond 1.5 keepalives means dead."""
+        while True:
+            kind, body = await self._read_packet(self.keepalive * 3 // 2 + 1)
+            t = kind & 0xF0
+            if t == PUBLISH:
+                qos = (kind >> 1) & 3
+                n = struct.unpack(">H", body[:2])[0]
+                topic = body[2:2 + n].decode()
+                pos = 2 + n
+                if qos:
+                    pid = struct.unpack(">H", body[pos:pos + 2])[0]
+                    pos += 2
+                    await self._send(_packet(PUBACK, struct.pack(">H", pid)))
+                try:
+                    self.on_message(topic, body[pos:])
+                except Exception as e:  # a bad handler must not take the link down
+                    print("mqtt: on_message failed:", repr(e))
+            elif t == PUBACK or t == SUBACK:
+                pid = struct.unpack(">H", body[:2])[0]
+                entry = self._pending.get(pid)
+                if entry is not None:
+                    entry[1] = body[2] if t == SUBACK and len(body) > 2 else 0
+                    entry[0].set()
+            # PINGRESP and anything else: reading it was the point (the link is alive)
+
+    async def _receive_until_lost(self):
+        try:
+            await self._receive()
+        except Exception as e:  # noqa: B902 (EOF, reset, timeout: the link is gone)
+            print("mqtt: receive ended: %r" % (e,))
+        finally:
+            self._close()
+
+    async def _pinger(self):
+        while self.connected:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self.keepalive / 2)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.ping()
+            except Exception:
+                self._close()
+                return
+
+    async def run(self):
+        """Connect, serve, and reconnect with exponential backoff (1 s doubling to backoff_max)."""
+        backoff = 1
+        while True:
+            try:
+                await self.connect()
+                backoff = 1
+                receiver = asyncio.create_task(self._receive_until_lost())
+                pinger = asyncio.create_task(self._pinger())
+                try:
+                    if self.on_connect:
+                        await self.on_connect()
+                    while self.connected:
+                        try:
+                            await asyncio.wait_for(self._lost.wait(), 60)
+                        except asyncio.TimeoutError:
+                            pass
+                    print("mqtt: link to %s:%d lost" % (self.host, self.port))
+                finally:
+                    self._close()
+                    receiver.cancel()
+                    pinger.cancel()
+            except Exception as e:  # noqa: B902 (any failure: retry later)
+                print("mqtt: link to %s:%d down: %r; retry in %d s" % (self.host, self.port, e, backoff))
+            self._close()
+            await _sleep(backoff)
+            backoff = min(backoff * 2, self.backoff_max)

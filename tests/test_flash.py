@@ -1,0 +1,99 @@
+"""`ansim flash` with the real mpremote against a virtual board: copy, verify by SHA-256,
+reset into the firmware; dry runs, reruns after an interrupted copy, and clear errors."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("quick_timeout")
+
+from ansim_simulators.virtual_board import VirtualBoard
+from ansim_tools import flash
+from ansim_tools.provision import Site
+
+LIGHT = "00030001"
+FIRMWARE_MAIN = """
+import json
+from machine import Pin
+from ansim_protocol import frames
+from ansim_device.counter import PersistentCounter
+with open('/config.json') as f:
+    config = json.load(f)
+print('booted', config['device_id'], config['role'], frames.VERSION_1)
+Pin(2, Pin.OUT).on()
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    site = Site(tmp_path / "site")
+    site.add("streetlight", 1, [37.5663, 126.9779], None, "127.0.0.1:1883")
+    firmware = tmp_path / "firmware"
+    shutil.copytree(flash.REPO / "firmware" / "ansim_device", firmware / "ansim_device")
+    (firmware / "main.py").write_text(FIRMWARE_MAIN)
+    (firmware / "streetlight.py").write_text("# the role module\n")
+    with VirtualBoard(tmp_path / "board") as board:
+        board.control.wait_for(lambda e: e.get("ev") == "repl", timeout=10)
+        yield board, flash.files_for("streetlight", tmp_path / "site", LIGHT, firmware)
+
+
+def test_flash_copies_verifies_and_resets_into_the_firmware(setup, capsys):
+    board, plan = setup
+    mark = board.control.mark()
+    flash.flash(board.port, plan, dry_run=False)
+    out = capsys.readouterr().out
+    assert "verified %d files (SHA-256) and reset the board" % len(plan) in out
+    assert out.count("new ") == len(plan)
+    board.control.wait_for(lambda e: e.get("ev") == "pin" and e.get("pin") == 2 and e.get("value") == 1,
+                           since=mark, timeout=10)
+    assert (board.board_dir / "lib" / "ansim_protocol" / "frames.py").exists()
+
+
+def test_dry_run_changes_nothing_and_a_rerun_copies_only_what_differs(setup, capsys):
+    board, plan = setup
+    flash.flash(board.port, plan, dry_run=True)
+    assert "dry run: %d of %d files would be copied" % (len(plan), len(plan)) in capsys.readouterr().out
+    assert not (board.board_dir / "main.py").exists()
+    mark = board.control.mark()
+    flash.flash(board.port, plan, dry_run=False)
+    board.control.wait_for(since=mark, ev="exit", file="main.py", timeout=10)  # rebooted, main.py done
+    capsys.readouterr()
+    (board.board_dir / "lib" / "ansim_device" / "counter.py").write_text("# torn by an interrupted copy\n")
+    flash.flash(board.port, plan, dry_run=False)
+    out = capsys.readouterr().out
+    assert out.count("changed   :") == 1 and "changed   :lib/ansim_device/counter.py" in out
+    assert (board.board_dir / "lib" / "ansim_device" / "counter.py").read_bytes() == plan[
+        "lib/ansim_device/counter.py"].read_bytes()
+
+
+def test_mpy_precompiles_the_modules(setup, tmp_path):
+    board, plan = setup
+    compiled = flash.precompile(plan, tmp_path)
+    assert "lib/ansim_protocol/frames.mpy" in compiled and "main.py" in compiled and "config.json" in compiled
+    flash.flash(board.port, compiled, dry_run=False)
+    assert (board.board_dir / "lib" / "ansim_protocol" / "frames.mpy").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--role", "bell", "--device", LIGHT], "is a streetlight, not a bell"),
+    (["--role", "streetlight", "--device", "00039999"], "no config for device 00039999"),
+])
+def test_mistakes_give_one_clear_line(tmp_path, args, message):
+    Site(tmp_path).add("streetlight", 1, [37.5, 127.0], None, None)
+    result = subprocess.run([sys.executable, "-m", "ansim_tools.cli", "flash", "--site", str(tmp_path),
+                             "--port", "/dev/ttyNOPE9", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_board_at_the_port_says_what_to_check():
+    with pytest.raises(flash.FlashError, match="no device answers at /dev/ttyNOPE9.*mpremote connect list"):
+        flash.board_hashes("/dev/ttyNOPE9", ["main.py"])
+
+
+@pytest.fixture
+def quick_timeout(monkeypatch):
+    """A virtual board answers within a second; do not wait two minutes for a hung one."""
+    monkeypatch.setattr(flash, "MPREMOTE_TIMEOUT_S", 20)

