@@ -97,3 +97,25 @@ def test_no_board_at_the_port_says_what_to_check():
 def quick_timeout(monkeypatch):
     """A virtual board answers within a second; do not wait two minutes for a hung one."""
     monkeypatch.setattr(flash, "MPREMOTE_TIMEOUT_S", 20)
+
+
+def test_a_provisioned_light_flashed_with_ansim_flash_boots_into_its_firmware(tmp_path, mqtt_client):
+    """The technician's path: provision, `ansim flash` (real mpremote), reset, and the light
+    joins the broker on its own."""
+    from ansim_simulators.broker import MosquittoBroker
+    from ansim_protocol import topics
+    with MosquittoBroker(workdir=tmp_path / "broker") as broker:
+        Site(tmp_path / "site").add("streetlight", 1, [37.5663, 126.9779], None, "127.0.0.1:%d" % broker.port)
+        watcher = mqtt_client(broker)
+        watcher.subscribe(topics.topic(int(LIGHT, 16), topics.STATE))
+        with VirtualBoard(tmp_path / "board") as board:
+            board.control.wait_for(lambda e: e.get("ev") == "repl", timeout=10)
+            mark = board.control.mark()
+            result = subprocess.run([sys.executable, "-m", "ansim_tools.cli", "flash", "--port", board.port,
+                                     "--role", "streetlight", "--device", LIGHT, "--site", str(tmp_path / "site")],
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "verified" in result.stdout
+            board.control.wait_for(since=mark, ev="run", file="main.py", timeout=10)
+            board.control.wait_for(since=mark, ev="pwm", pin=5, timeout=10)  # the lamp driver is up
+            assert watcher.next_message(10).payload == b"online"
