@@ -1,0 +1,249 @@
+"""Emergency bell: a button that calls the police (SPEC.md sections 4 and 6.2).
+
+- Button on ``config["button_pin"]`` (default 0), active low with the pull-up. A falling edge
+  (soft IRQ, latched: a press shorter than the poll is not lost) or a low level seen by the
+  10 ms poll is a press, taken at once; the button re-arms only after it has been released
+  for ``DEBOUNCE_MS`` (50 ms), so contact bounce makes no second press.
+- A press publishes a plain ``bell_press`` frame (QoS 1) at once; the siren and the strobe
+  (``siren_pin`` 25, ``strobe_pin`` 26, active high) come on after the publish has started, and
+  the announcement "ANNOUNCE: 긴급신고가 접수되었습니다. 경찰관을 연결 중입니다" is printed and
+  written to the voice module on UART ``config["voice"]`` (default UART 1, 9600 baud, tx 17,
+  rx 16: the ESP32's UART1 default pins are the flash's, so they are always given). The text
+  goes out as one UTF-8 line; a module that wants another framing needs its own writer.
+  A press that cannot be sent (broker down) is kept and sent when the link is back; the
+  location is the bell's registered one at the agent, nothing is sent for it.
+- ``center_ack`` from ``ansim/v1/dev/{id}/down``, verified with the device key, counter above
+  the last accepted (``ReplayGuard``, persisted), for one of this alarm's presses: "received"
+  or "dispatched" -> "ANNOUNCE: 경찰관이 연결되었습니다", then the siren stops (the strobe stays
+  on); "resolved" -> strobe off, the bell is idle again. Without any ack the siren stops after
+  ``siren_max_s`` (default 180) and the alarm ends after ``alarm_max_s`` (default 1800).
+- Tamper switch on ``tamper_pin`` (default 4), closed to ground when the lid is shut: a level
+  stable for 50 ms is a change, sent as ``tamper`` opened/closed (kept until sent, like a
+  press). An open lid at boot is reported too.
+- ``heartbeat`` every ``heartbeat_s`` (default 30); counters from ``PersistentCounter``.
+"""
+
+import asyncio
+import gc
+import os
+import time
+
+import machine
+from ansim_device.counter import PersistentCounter, ReplayGuard
+from ansim_device.mqtt import MQTTClient
+from ansim_protocol import frames, topics
+from ansim_protocol.crypto import DeviceKeys
+from ansim_protocol.errors import FrameError
+
+POLL_MS, DEBOUNCE_MS = 10, 50
+PENDING_MAX = 16  # frames kept while the broker is away (presses and tamper changes)
+CALLING = "긴급신고가 접수되었습니다. 경찰관을 연결 중입니다"
+CONNECTED = "경찰관이 연결되었습니다"
+IDLE, ALARM, CONFIRMED = "idle", "alarm", "confirmed"
+
+
+def _mkdir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass  # exists
+
+
+class Bell:
+    def __init__(self, config):
+        self.config = config
+        self.device_id = config["device_id_int"]
+        self.keys = DeviceKeys(config["key_bytes"])
+        self.heartbeat_s = int(config.get("heartbeat_s", 30))
+        self.siren_max_ms = int(config.get("siren_max_s", 180)) * 1000
+        self.alarm_max_ms = int(config.get("alarm_max_s", 1800)) * 1000
+        _mkdir("/state")
+        self.uplink = PersistentCounter("/state/up")
+        self.guard = ReplayGuard("/state/ack")
+        Pin = machine.Pin
+        self.button = Pin(int(config.get("button_pin", 0)), Pin.IN, Pin.PULL_UP)
+        self.tamper = Pin(int(config.get("tamper_pin", 4)), Pin.IN, Pin.PULL_UP)
+        self.siren = Pin(int(config.get("siren_pin", 25)), Pin.OUT, value=0)
+        self.strobe = Pin(int(config.get("strobe_pin", 26)), Pin.OUT, value=0)
+        self.fell = False  # a falling edge on the button since the last poll (soft IRQ)
+        self.button.irq(self._on_edge, Pin.IRQ_FALLING)
+        self.voice = None
+        voice = config.get("voice", {})
+        if voice is not None:
+            try:
+                self.voice = machine.UART(int(voice.get("uart", 1)), baudrate=int(voice.get("baudrate", 9600)),
+                                          tx=int(voice.get("tx", 17)), rx=int(voice.get("rx", 16)))
+            except Exception as e:  # noqa: B902 (the bell works without its voice)
+                print("bell: no voice module: %r" % e)
+        self.started = time.ticks_ms()
+        self.state = IDLE
+        self.sounding = False
+        self.alarm_since = self.siren_since = 0
+        self.presses = []  # counters of this alarm's bell_press frames
+        self.pending = 0  # frames not yet acknowledged by the broker
+        broker = config.get("broker") or {}
+        self.up_topic = topics.topic(self.device_id, topics.UP)
+        self.down_topic = topics.topic(self.device_id, topics.DOWN)
+        self.state_topic = topics.topic(self.device_id, topics.STATE)
+        self.mqtt = MQTTClient(config["device_id"], broker.get("host", "192.168.4.1"),
+                               int(broker.get("port", 1883)), keepalive=int(config.get("keepalive_s", 30)),
+                               will=(self.state_topic, b"offline", True, 1),
+                               on_message=self.on_message, on_connect=self.on_connect,
+                               on_disconnect=self.on_disconnect)
+
+    def _on_edge(self, pin):
+        self.fell = True  # only a flag: the poll loop does the work
+
+    # -- outputs --------------------------------------------------------------------------
+    def announce(self, text):
+        print("ANNOUNCE: " + text)
+        if self.voice is not None:
+            try:
+                self.voice.write((text + "\n").encode())
+            except Exception as e:  # noqa: B902
+                print("bell: voice write failed: %r" % e)
+
+    def siren_off(self):
+        self.sounding = False
+        self.siren.value(0)
+
+    def end_alarm(self, why):
+        self.siren_off()
+        self.strobe.value(0)
+        self.state = IDLE
+        self.presses = []
+        print("bell: alarm over (%s)" % why)
+
+    # -- uplink ---------------------------------------------------------------------------
+    async def deliver(self, kind, frame):
+        """Publish ``frame`` (QoS 1) now, or when the link is back; retried until PUBACK."""
+        self.pending += 1
+        try:
+            while True:
+                if self.mqtt.connected:
+                    try:
+                        await self.mqtt.publish(self.up_topic, frame)
+                        return
+                    except Exception as e:  # noqa: B902 (the link loop notices and reconnects)
+                        print("bell: %s not sent yet: %r" % (kind, e))
+                await asyncio.sleep_ms(200)
+        finally:
+            self.pending -= 1
+
+    def queue(self, kind, fields):
+        """Build the frame now (its counter is taken at the event) and start delivering it."""
+        if self.pending >= PENDING_MAX:
+            print("bell: %d frames waiting, %s dropped" % (self.pending, kind))
+            return None
+        counter = self.uplink.next()
+        frame = frames.build_plain(kind, fields, self.keys, self.device_id, counter)
+        asyncio.create_task(self.deliver(kind, frame))
+        return counter
+
+    async def pressed(self):
+        counter = self.queue("bell_press", {"button": 1})
+        await asyncio.sleep_ms(0)  # the publish goes first
+        if counter is None:
+            return
+        self.presses = (self.presses + [counter])[-8:]
+        print("bell: press %d" % counter)
+        if self.state == IDLE:
+            self.state = ALARM
+            self.alarm_since = self.siren_since = time.ticks_ms()
+            self.sounding = True
+            self.siren.value(1)
+            self.strobe.value(1)
+            self.announce(CALLING)
+
+    # -- downlink -------------------------------------------------------------------------
+    def on_message(self, topic, payload):
+        if topic != self.down_topic:
+            return
+        try:
+            frame = frames.unpack(payload, self.keys)
+        except FrameError as e:
+            print("bell: frame rejected:", e.reason)
+            return
+        if not frame.downlink or frame.device_id != self.device_id:
+            print("bell: frame not addressed to this bell")
+            return
+        if frame.kind != "center_ack":
+            print("bell: ignoring", frame.kind)
+            return
+        if not self.guard.accept(frame.counter):
+            print("bell: ack %d replayed" % frame.counter)
+            return
+        acked, status = frame.fields["acked_counter"], frame.fields["status"]
+        print("bell: ack %d for press %d: %s" % (frame.counter, acked, status))
+        if acked not in self.presses:
+            return  # an earlier alarm's, or a test: nothing to announce
+        if status == "resolved":
+            self.end_alarm("resolved")
+        elif status in ("received", "dispatched") and self.state == ALARM:
+            self.state = CONFIRMED
+            self.announce(CONNECTED)
+            self.siren_off()
+
+    async def on_connect(self):
+        await self.mqtt.subscribe(self.down_topic, 1)
+        await self.mqtt.publish(self.state_topic, b"online", retain=True)
+        print("bell: online as %s" % self.config["device_id"])
+
+    def on_disconnect(self):
+        print("bell: broker lost")
+
+    # -- tasks ----------------------------------------------------------------------------
+    async def inputs(self):
+        """Polls the button and the tamper switch; runs the alarm's timeouts."""
+        armed = True
+        released_at = time.ticks_ms()
+        lid = self.tamper.value()
+        lid_seen, lid_since = lid, time.ticks_ms()
+        if lid:
+            self.queue("tamper", {"state": "opened"})
+            print("bell: lid open at boot")
+        while True:
+            now = time.ticks_ms()
+            fell, self.fell = self.fell, False
+            if fell or self.button.value() == 0:
+                if armed:
+                    armed = False
+                    await self.pressed()
+                released_at = time.ticks_ms()
+            elif not armed and time.ticks_diff(now, released_at) >= DEBOUNCE_MS:
+                armed = True
+            level = self.tamper.value()
+            if level != lid_seen:
+                lid_seen, lid_since = level, now
+            elif level != lid and time.ticks_diff(now, lid_since) >= DEBOUNCE_MS:
+                lid = level
+                self.queue("tamper", {"state": "opened" if lid else "closed"})
+                print("bell: lid %s" % ("opened" if lid else "closed"))
+            if self.sounding and time.ticks_diff(now, self.siren_since) >= self.siren_max_ms:
+                self.siren_off()  # no ack yet: quiet, strobe on, still waiting for one
+                print("bell: no ack, siren stopped")
+            if self.state != IDLE and time.ticks_diff(now, self.alarm_since) >= self.alarm_max_ms:
+                self.end_alarm("timeout")
+            await asyncio.sleep_ms(POLL_MS)
+
+    async def heartbeat(self):
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            gc.collect()
+            if not self.mqtt.connected:
+                continue
+            uptime_min = time.ticks_diff(time.ticks_ms(), self.started) // 60000
+            frame = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": min(uptime_min, 0xFFFFFF),
+                                                     "faults": 0}, self.keys, self.device_id, self.uplink.next())
+            try:
+                await self.mqtt.publish(self.up_topic, frame)
+            except Exception as e:  # noqa: B902
+                print("bell: heartbeat not sent: %r" % e)
+            print("bell: heap alloc %d free %d" % (gc.mem_alloc(), gc.mem_free()))
+
+    async def run(self):
+        await asyncio.gather(self.mqtt.run(), self.inputs(), self.heartbeat())
+
+
+def main(config):
+    asyncio.run(Bell(config).run())
