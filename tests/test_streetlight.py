@@ -4,10 +4,6 @@ replayed commands, and falls back to its schedule when the broker goes away."""
 
 import json
 import os
-import pathlib
-import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,10 +15,8 @@ from ansim_protocol.crypto import DeviceKeys
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import Street
 from ansim_simulators.virtual_board import VirtualBoard
+from ansim_tools.flash import copy_to_directory, firmware_files
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-FIRMWARE = REPO / "firmware"
-BIN = pathlib.Path(sys.executable).parent
 PIN = 5
 WAIT_S = 15
 NIGHT_PCT, DAY_PCT = 60, 20
@@ -35,12 +29,7 @@ def duty(pct):
 def flash(board_dir, light, broker_port, schedule):
     """What ``ansim flash`` puts on a light: both packages under lib/, main.py and the role at the root,
     its config.json."""
-    shutil.copytree(REPO / "protocol", board_dir / "lib" / "ansim_protocol",
-                    ignore=shutil.ignore_patterns("*.json", "*.md", "__pycache__"))
-    shutil.copytree(FIRMWARE / "ansim_device", board_dir / "lib" / "ansim_device",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("main.py", "streetlight.py"):
-        shutil.copy(FIRMWARE / name, board_dir / name)
+    copy_to_directory(firmware_files("streetlight"), board_dir)
     (board_dir / "config.json").write_text(json.dumps({
         "device_id": light.hex_id, "role": "streetlight", "key": light.key.hex(),
         "position": list(light.position), "broker": {"host": "127.0.0.1", "port": broker_port},
@@ -171,9 +160,3 @@ def test_streetlight_blinks_for_a_bell_ignores_forgeries_and_falls_back(lit_stre
         print("prints:\n" + "".join(e.get("text", "") for e in ctl.events() if e.get("ev") == "print"))
         raise
 
-
-@pytest.mark.parametrize("name", ["main.py", "streetlight.py", "ansim_device/mqtt.py", "ansim_device/config.py"])
-def test_firmware_passes_mpy_cross(name, tmp_path):
-    result = subprocess.run([str(BIN / "mpy-cross"), "-o", str(tmp_path / "out.mpy"), str(FIRMWARE / name)],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr

@@ -56,14 +56,31 @@ def files_for(role, site, device_id, firmware=REPO / "firmware"):
     config = json.loads(config_path.read_text())
     if config.get("role") != role:
         raise FlashError("device %s is a %s, not a %s: check --role or --device" % (device_id, config.get("role"), role))
+    plan = firmware_files(role, firmware)
+    plan["config.json"] = config_path
+    return plan
+
+
+def firmware_files(role, firmware=REPO / "firmware"):
+    """{board path: local path} of a role's code: main.py and the role at the root, the device
+    core and the protocol package under lib/."""
     role_module = firmware / ("%s.py" % role)
     if not role_module.exists():
         raise FlashError("there is no firmware for the %s role yet (%s is missing)" % (role, role_module))
-    plan = {"main.py": firmware / "main.py", "%s.py" % role: role_module, "config.json": config_path}
+    plan = {"main.py": firmware / "main.py", "%s.py" % role: role_module}
     for package, source in (("ansim_device", firmware / "ansim_device"), ("ansim_protocol", REPO / "protocol")):
         for path in sorted(source.glob("*.py")):
             plan["lib/%s/%s" % (package, path.name)] = path
     return plan
+
+
+def copy_to_directory(plan, directory):
+    """Lay ``plan`` out in a directory as flashing leaves it on the board's filesystem (a
+    virtual board's flash, without going through mpremote)."""
+    for target, source in plan.items():
+        dest = pathlib.Path(directory) / target
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
 
 
 def precompile(plan, out):
