@@ -5,7 +5,7 @@ import sys
 
 from ansim_device import config as config_module
 
-ROLES = {"streetlight": "streetlight", "bell": "bell"}  # role -> firmware module
+ROLES = {"wearable": "wearable", "streetlight": "streetlight", "bell": "bell"}  # role -> firmware module
 
 
 def main():

@@ -33,11 +33,21 @@ def _decode(line):
         return None
 
 
+def _make_parent(path):
+    parent = path[:path.rfind("/")]
+    if parent:
+        try:
+            os.mkdir(parent)
+        except OSError:
+            pass  # exists
+
+
 class PersistentCounter:
     """``next()`` gives 1, 2, 3, ... across reboots, never repeating a value."""
 
     def __init__(self, path, block=64):
         self.block = block
+        _make_parent(path)
         self._slots = (path + ".a", path + ".b")
         found = []
         for i in range(2):
