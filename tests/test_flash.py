@@ -1,9 +1,12 @@
 """`ansim flash` with the real mpremote against a virtual board: copy, verify by SHA-256,
 reset into the firmware; dry runs, reruns after an interrupted copy, and clear errors."""
 
+import ast
+import calendar
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,12 +19,14 @@ from ansim_tools.provision import Site
 LIGHT = "00030001"
 FIRMWARE_MAIN = """
 import json
+import machine
 from machine import Pin
 from ansim_protocol import frames
 from ansim_device.counter import PersistentCounter
 with open('/config.json') as f:
     config = json.load(f)
 print('booted', config['device_id'], config['role'], frames.VERSION_1)
+print('clock', machine.RTC().datetime())
 Pin(2, Pin.OUT).on()
 """
 
@@ -44,10 +49,15 @@ def test_flash_copies_verifies_and_resets_into_the_firmware(setup, capsys):
     mark = board.control.mark()
     flash.flash(board.port, plan, dry_run=False)
     out = capsys.readouterr().out
-    assert "verified %d files (SHA-256) and reset the board" % len(plan) in out
+    assert "verified %d files (SHA-256), set the board's clock to UTC and reset the board" % len(plan) in out
     assert out.count("new ") == len(plan)
     board.control.wait_for(lambda e: e.get("ev") == "pin" and e.get("pin") == 2 and e.get("value") == 1,
                            since=mark, timeout=10)
+    # The RTC runs in UTC (wearable epochs and expiries are Unix time), not the host's zone.
+    clock = board.control.wait_for(lambda e: e["text"].startswith("clock"), since=mark, ev="print")
+    y, mo, d, _, h, mi, s, _ = ast.literal_eval(clock["text"].split(" ", 1)[1])
+    board_utc = calendar.timegm((y, mo, d, h, mi, s))
+    assert abs(board_utc - time.time()) < 30
     assert (board.board_dir / "lib" / "ansim_protocol" / "frames.py").exists()
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROLES = ("wearable", "bell", "streetlight")
@@ -176,5 +177,14 @@ def flash(port, plan, dry_run):
     wrong = [t for t, h in board_hashes(port, list(plan)).items() if h != _sha256(plan[t])]
     if wrong:
         raise FlashError("SHA-256 differs on the board after copying %s: run the same command again" % ", ".join(wrong))
-    mpremote(port, "reset")
-    print("verified %d files (SHA-256) and reset the board" % len(plan))
+    mpremote(port, "exec", set_clock_script(time.time()), "+", "reset")
+    print("verified %d files (SHA-256), set the board's clock to UTC and reset the board" % len(plan))
+
+
+def set_clock_script(unix):
+    """Set the board's RTC to UTC (``mpremote rtc --set`` would use the host's local time): a
+    wearable's rotating id and every expiry are Unix time (SPEC.md 3.2); the RTC keeps running
+    through resets, and the agent's ``time`` frames correct it later."""
+    t = time.gmtime(int(unix))
+    return "import machine; machine.RTC().datetime((%d, %d, %d, %d, %d, %d, %d, 0))" % (
+        t.tm_year, t.tm_mon, t.tm_mday, t.tm_wday, t.tm_hour, t.tm_min, t.tm_sec)
