@@ -14,6 +14,11 @@ board needs a serial port, a flash that survives resets, and pins a test can pre
 - ``reset()`` and ``power_cycle()`` kill the VM and start a new one (reset cause 2 and 1);
   ``machine.reset()`` and the watchdog do the same from inside. The board directory is the
   flash: it persists.
+- The clock is an ESP32's (see board/_vb_time.py): seconds since 2000, set through
+  ``machine.RTC().datetime(...)``. ``clock="host"`` (default) starts it at the host's time at
+  power-on, ``clock=None`` at 2000-01-01 00:00 (an RTC never set, as after power loss), a
+  number at that Unix time. The RTC keeps running through soft and hard resets and the
+  watchdog; ``power_cycle()`` loses it.
 
 Every wait has a timeout.
 """
@@ -40,6 +45,7 @@ from pathlib import Path
 BOARD_SRC = Path(__file__).resolve().parent / "board"
 RESET_EXIT = 100  # the VM exits with 100 + reset cause to be restarted
 PWRON_RESET, HARD_RESET = 1, 2
+EPOCH_2000 = 946684800  # Unix time of 2000-01-01, where an ESP32's clock starts
 _BACKLOG_MAX = 1 << 20
 
 
@@ -80,6 +86,8 @@ class Control:
         self.pins: dict = {}  # last driven output level per pin
         self.pwm: dict = {}  # last PWM event per pin
         self.on_hello: Callable[[], None] = lambda: None
+        self.rtc_offset = 0.0  # the board's clock minus the host's, seconds (its last "rtc" event)
+        self._reading = False  # a VM's connection is being read
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="vboard-control", daemon=True)
         self._thread.start()
@@ -120,6 +128,8 @@ class Control:
                 self.pins[event["pin"]] = event["value"]
             elif event.get("ev") == "pwm":
                 self.pwm[event["pin"]] = event
+            elif event.get("ev") == "rtc":
+                self.rtc_offset = event["offset"]
             self._cond.notify_all()
 
     # -- commands -------------------------------------------------------------------------
@@ -197,10 +207,20 @@ class Control:
                     except OSError:
                         continue
                     self._conn = conn
+                with self._cond:
+                    self._reading = True
                 self._read(conn)
+                with self._cond:
+                    self._reading = False
+                    self._cond.notify_all()
                 with self._send_lock:
                     if self._conn is conn:
                         self._conn = None
+
+    def wait_read(self, timeout: float) -> None:
+        """Wait until the events of a VM that has exited are all read (its socket's EOF)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._reading, timeout)
 
     def _read(self, conn: socket.socket) -> None:
         buf = b""
@@ -233,13 +253,18 @@ class VirtualBoard:
 
     ``uid`` (hex) is machine.unique_id() and the base of the MAC addresses; ``heap`` is the VM
     heap (an ESP32 has roughly 100-150k free); ``workdir`` holds the config and ``vm.log``
-    (the VM's stderr), a temporary directory by default.
+    (the VM's stderr), a temporary directory by default; ``clock``: the RTC at power-on
+    ("host", None for never set, or a Unix time; see the module's docstring).
     """
 
     def __init__(self, board_dir, transport: str = "pty", *, uid: str = "240ac4000001",
-                 heap: str | None = "512k", workdir=None, start_timeout: float = 10.0) -> None:
+                 heap: str | None = "512k", workdir=None, start_timeout: float = 10.0,
+                 clock: str | float | None = "host") -> None:
         if transport not in ("pty", "socket"):
             raise ValueError("transport is 'pty' or 'socket'")
+        if not (clock is None or clock == "host" or isinstance(clock, (int, float))):
+            raise ValueError("clock is 'host', None (never set) or a Unix time")
+        self.clock = clock
         self.board_dir = Path(board_dir).resolve()
         self.transport = transport
         self.uid, self.heap, self.start_timeout = uid, heap, start_timeout
@@ -340,10 +365,20 @@ class VirtualBoard:
         os.write(self._wake_w, cmd)
 
     # -- the VM ---------------------------------------------------------------------------
+    def _power_on_rtc(self) -> float:
+        """The RTC's offset from the host's clock at power-on."""
+        if self.clock == "host":
+            return 0.0
+        return (EPOCH_2000 if self.clock is None else self.clock) - time.time()
+
     def _spawn(self, cause: int) -> None:
+        if cause == PWRON_RESET:
+            self.control.rtc_offset = self._power_on_rtc()
+        else:  # the RTC runs on: take the clock the last VM set, even just before its reset
+            self.control.wait_read(2.0)
         config = self.workdir / "board.json"
         config.write_text(json.dumps({"root": str(self.board_dir), "control": list(self.control.address),
-                                      "uid": self.uid, "cause": cause}))
+                                      "uid": self.uid, "cause": cause, "rtc_offset": self.control.rtc_offset}))
         stdin_r, self._vm_in = os.pipe()
         self._vm_out, stdout_w = os.pipe()
         os.set_blocking(self._vm_in, False)

@@ -4,8 +4,9 @@ Inputs (button levels, UART bytes, ADC readings) are set by host commands; an in
 calls the pin's irq handler at the next wait point (see _vb_ctl), as a soft IRQ runs on an
 ESP32. Outputs (pin levels, PWM) are reported to the host as events when they change, so a
 test sees an LED, a siren's PWM or a relay without knowing the firmware's internals.
-Timers and the watchdog are checked at wait points too: a firmware stuck in a busy loop is
-not reset by the WDT here (the host's timeouts catch it instead).
+Timers and the watchdog are checked at wait points too, and a feed that comes after the
+timeout resets as the hardware would have (a VM stopped with SIGSTOP is a stuck CPU); a
+firmware stuck in a busy loop that never feeds is not reset here (the host's timeouts catch it).
 """
 
 import binascii
@@ -13,6 +14,7 @@ import sys
 import time
 
 import _vb_ctl as ctl
+import _vb_time as _clock
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 
@@ -29,7 +31,7 @@ _rx = {}  # UART id -> bytes received from the host
 _adc = {}  # pin -> raw u16 set by the host
 _timers = []
 _wdt = None  # [timeout_ms, last_feed_ticks]
-_rtc = [0, b""]  # [seconds offset from the host clock, RTC memory]
+_rtc = [None, b""]  # [unused (the clock is _vb_time's), RTC memory]
 
 
 def _setup(uid, cause):
@@ -325,6 +327,9 @@ class WDT:
 
     def feed(self):
         if _wdt is not None:
+            if time.ticks_diff(time.ticks_ms(), _wdt[1]) > _wdt[0]:  # the hardware has reset already
+                ctl.send({"ev": "wdt"})
+                raise ctl.HardReset(WDT_RESET)
             _wdt[1] = time.ticks_ms()
 
 
@@ -363,14 +368,19 @@ class Timer:
 
 
 class RTC:
+    """The clock of _vb_time (seconds since 2000); datetime tuples as on the ESP32: (year,
+    month, day, weekday, hours, minutes, seconds, microseconds)."""
+
     def __init__(self, id=0):
         pass
 
     def datetime(self, dt=None):
         if dt is None:
-            t = time.localtime(time.time() + _rtc[0])
-            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
-        _rtc[0] = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0)) - time.time()
+            now = _clock._unix()
+            t = _clock.gmtime(int(now) - _clock.EPOCH_2000)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], int((now % 1) * 1000000))
+        secs = _clock.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
+        _clock._set_rtc(secs + (dt[7] if len(dt) > 7 else 0) / 1000000)
 
     def init(self, dt):
         self.datetime(dt)

@@ -1,12 +1,74 @@
-"""``time`` as firmware sees it: the VM's clock, but every sleep serves the control socket.
+"""``time`` as firmware sees it: an ESP32's clock, and every sleep serves the control socket.
 
-Without this, a main.py sleeping in a loop would never see a button press.
+Without the second part, a main.py sleeping in a loop would never see a button press.
+
+The clock is the ESP32 port's: ``time()``, ``time_ns()``, ``gmtime(secs)``, ``localtime(secs)``
+and ``mktime()`` count from 2000-01-01 00:00:00 (``gmtime(0)[0] == 2000``), ``localtime`` is
+``gmtime`` (a board has no time zone: it holds whatever its RTC was set to), tuples have 8
+fields. The RTC reads the host's clock plus an offset: the host passes the offset at every VM
+start (0: the host's clock; after power loss possibly an RTC back at 2000-01-01), and
+``machine.RTC().datetime(...)`` moves it and reports ``{"ev": "rtc", "offset": s, "unix": t}``
+so that the host keeps it across resets, as the RTC of an ESP32 keeps running through them.
 """
 
 import time as _real
-from time import *  # noqa: F401,F403 (ticks_ms, time, localtime, ...)
+from time import *  # noqa: F401,F403 (ticks_ms, ticks_diff, ...)
 
 import _vb_ctl as _ctl
+
+EPOCH_2000 = 946684800  # Unix time of 2000-01-01 00:00:00 UTC
+_offset = 0.0  # board Unix time - host Unix time, seconds
+
+
+def _setup(offset):
+    global _offset
+    _offset = float(offset or 0)
+
+
+def _unix():
+    """The board's clock in (float) Unix seconds."""
+    return _real.time() + _offset
+
+
+def _set_rtc(secs):
+    """Set the clock to ``secs`` since 2000 (float); tell the host, which keeps it across resets."""
+    global _offset
+    _offset = secs + EPOCH_2000 - _real.time()
+    _ctl.send({"ev": "rtc", "offset": _offset, "unix": int(secs) + EPOCH_2000})
+
+
+def time():
+    return int(_unix()) - EPOCH_2000
+
+
+def time_ns():
+    return _real.time_ns() + int(_offset * 1000000000) - EPOCH_2000 * 1000000000
+
+
+def gmtime(secs=None):
+    if secs is None:
+        secs = time()
+    return _real.gmtime(int(secs) + EPOCH_2000)[:8]
+
+
+localtime = gmtime
+
+
+def _days(y, m, d):
+    """Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil)."""
+    if m <= 2:
+        y -= 1
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def mktime(t):
+    """Seconds since 2000 of (year, month, mday, hour, minute, second, ...), no time zone;
+    fields out of range roll over as on the board."""
+    y, m = t[0] + (t[1] - 1) // 12, (t[1] - 1) % 12 + 1
+    return (_days(y, m, 1) + t[2] - 1) * 86400 + t[3] * 3600 + t[4] * 60 + t[5] - EPOCH_2000
 
 
 def sleep_ms(ms):

@@ -23,8 +23,9 @@ even in a blocking socket read. The byte itself still arrives and is read by the
 KeyboardInterrupt outside user code only restarts the current REPL loop.
 
 Configuration: env ANSIM_VBOARD names a JSON file {"root": dir, "control": [host, port],
-"uid": hex, "cause": n} (argv crashes the VM beyond ~255 characters). Without it, argv[1] is
-the root and there is no control socket.
+"uid": hex, "cause": n, "rtc_offset": s} (argv crashes the VM beyond ~255 characters;
+``rtc_offset``: how far the board's clock is ahead of the host's, see _vb_time). Without it,
+argv[1] is the root and there is no control socket.
 """
 
 import binascii
@@ -294,6 +295,7 @@ def main():
     if cfg.get("control"):
         ctl.connect(cfg["control"][0], cfg["control"][1])
     _vb_machine._setup(uid, cause)
+    _vb_time._setup(cfg.get("rtc_offset", 0))
     _vb_bluetooth._setup(uid[:5] + bytes([(uid[5] + 2) & 0xFF]))
     _vb_network._setup(uid)
     vfs.umount("/")
