@@ -2,8 +2,12 @@
 
 - Button on ``config["button_pin"]`` (default 0), active low with the pull-up. A falling edge
   (soft IRQ, latched: a press shorter than the poll is not lost) or a low level seen by the
-  10 ms poll is a press, taken at once; the button re-arms only after it has been released
-  for ``DEBOUNCE_MS`` (50 ms), so contact bounce makes no second press.
+  10 ms poll is a press, taken at once, if a poll saw the button released since it was last
+  seen pressed, ``DEBOUNCE_MS`` (50 ms) or more before: contact bounce makes no second press,
+  and a release of 50 ms counts even when the polls run late (measured from the last poll
+  that saw the button pressed, the time is never shorter than the release itself).
+- Every press is its own ``bell_press`` (a new counter, a new alert at the agent); a press
+  during an alarm neither restarts it nor announces again.
 - A press publishes a plain ``bell_press`` frame (QoS 1) at once; the siren and the strobe
   (``siren_pin`` 25, ``strobe_pin`` 26, active high) come on after the publish has started, and
   the announcement "ANNOUNCE: 긴급신고가 접수되었습니다. 경찰관을 연결 중입니다" is printed and
@@ -11,7 +15,10 @@
   rx 16: the ESP32's UART1 default pins are the flash's, so they are always given). The text
   goes out as one UTF-8 line; a module that wants another framing needs its own writer.
   A press that cannot be sent (broker down) is kept and sent when the link is back; the
-  location is the bell's registered one at the agent, nothing is sent for it.
+  location is the bell's registered one at the agent, nothing is sent for it. Every uplink
+  frame (presses, tamper, heartbeats) leaves through one outbox in counter order, one at a
+  time until its PUBACK: the agent refuses a counter below one it has accepted, so a frame
+  that overtook an older one would make the older one a "replay".
 - ``center_ack`` from ``ansim/v1/dev/{id}/down``, verified with the device key, counter above
   the last accepted (``ReplayGuard``, persisted), for one of this alarm's presses: "received"
   or "dispatched" -> "ANNOUNCE: 경찰관이 연결되었습니다", then the siren stops (the strobe stays
@@ -20,7 +27,8 @@
 - Tamper switch on ``tamper_pin`` (default 4), closed to ground when the lid is shut: a level
   stable for 50 ms is a change, sent as ``tamper`` opened/closed (kept until sent, like a
   press). An open lid at boot is reported too.
-- ``heartbeat`` every ``heartbeat_s`` (default 30); counters from ``PersistentCounter``.
+- ``heartbeat`` every ``heartbeat_s`` (default 30), skipped while the broker is away;
+  counters from ``PersistentCounter``.
 """
 
 import asyncio
@@ -30,7 +38,7 @@ import machine
 from ansim_device.link import DeviceLink
 
 POLL_MS, DEBOUNCE_MS = 10, 50
-PENDING_MAX = 16  # frames kept while the broker is away (presses and tamper changes)
+PENDING_MAX = 16  # frames kept in the outbox while the broker is away
 CALLING = "긴급신고가 접수되었습니다. 경찰관을 연결 중입니다"
 CONNECTED = "경찰관이 연결되었습니다"
 IDLE, ALARM, CONFIRMED = "idle", "alarm", "confirmed"
@@ -59,9 +67,11 @@ class Bell:
         self.sounding = False
         self.alarm_since = self.siren_since = 0
         self.presses = []  # counters of this alarm's bell_press frames
-        self.pending = 0  # frames not yet acknowledged by the broker
+        self.outbox = []  # (kind, frame) in counter order, not yet acknowledged by the broker
+        self.more = asyncio.Event()  # something was put in the outbox
         self.link = DeviceLink(config, "bell", "center_ack", "/state/ack", self.on_ack,
                                on_disconnect=lambda: print("bell: broker lost"))
+        self.link.send = self.send  # the link's heartbeats go through the outbox too
 
     def _on_edge(self, pin):
         self.fell = True  # only a flag: the poll loop does the work
@@ -87,33 +97,42 @@ class Bell:
         print("bell: alarm over (%s)" % why)
 
     # -- uplink ---------------------------------------------------------------------------
-    async def deliver(self, kind, frame):
-        """Publish ``frame`` (QoS 1) now, or when the link is back; retried until PUBACK."""
-        self.pending += 1
-        try:
-            while True:
-                if self.link.connected:
-                    try:
-                        await self.link.publish(frame)
-                        return
-                    except Exception as e:  # noqa: B902 (the link loop notices and reconnects)
-                        print("bell: %s not sent yet: %r" % (kind, e))
-                await asyncio.sleep_ms(200)
-        finally:
-            self.pending -= 1
-
     def queue(self, kind, fields):
-        """Build the frame now (its counter is taken at the event) and start delivering it."""
-        if self.pending >= PENDING_MAX:
-            print("bell: %d frames waiting, %s dropped" % (self.pending, kind))
+        """Build the frame now (its counter is taken at the event) and put it in the outbox."""
+        if len(self.outbox) >= PENDING_MAX:
+            print("bell: %d frames waiting, %s dropped" % (len(self.outbox), kind))
             return None
         counter, frame = self.link.frame(kind, fields)
-        asyncio.create_task(self.deliver(kind, frame))
+        self.outbox.append((kind, frame))
+        self.more.set()
         return counter
+
+    async def send(self, kind, fields):
+        """``DeviceLink.send`` for the link's own frames (heartbeats): through the outbox, and
+        only while the broker is there (a heartbeat kept through an outage says nothing)."""
+        return self.link.connected and self.queue(kind, fields) is not None
+
+    async def sender(self):
+        """Publishes the outbox (QoS 1) oldest first, each frame until its PUBACK; while the
+        link is down the frames wait."""
+        while True:
+            if not self.outbox:
+                self.more.clear()
+                await self.more.wait()
+            elif not self.link.connected:
+                await asyncio.sleep_ms(200)
+            else:
+                kind, frame = self.outbox[0]
+                try:
+                    await self.link.publish(frame)
+                    self.outbox.pop(0)
+                except Exception as e:  # noqa: B902 (the link loop notices and reconnects)
+                    print("bell: %s not sent yet: %r" % (kind, e))
+                    await asyncio.sleep_ms(200)
 
     async def pressed(self):
         counter = self.queue("bell_press", {"button": 1})
-        await asyncio.sleep_ms(0)  # the publish goes first
+        await asyncio.sleep_ms(0)  # the sender starts the publish first
         if counter is None:
             return
         self.presses = (self.presses + [counter])[-8:]
@@ -145,8 +164,8 @@ class Bell:
     # -- tasks ----------------------------------------------------------------------------
     async def inputs(self):
         """Polls the button and the tamper switch; runs the alarm's timeouts."""
-        armed = True
-        released_at = time.ticks_ms()
+        pressed_at = time.ticks_add(time.ticks_ms(), -DEBOUNCE_MS)  # last poll that saw it pressed
+        released = True  # a poll saw the button released since then (a button held at boot counts)
         lid = self.tamper.value()
         lid_seen, lid_since = lid, time.ticks_ms()
         if lid:
@@ -156,12 +175,11 @@ class Bell:
             now = time.ticks_ms()
             fell, self.fell = self.fell, False
             if fell or self.button.value() == 0:
-                if armed:
-                    armed = False
+                if released and time.ticks_diff(now, pressed_at) >= DEBOUNCE_MS:
                     await self.pressed()
-                released_at = time.ticks_ms()
-            elif not armed and time.ticks_diff(now, released_at) >= DEBOUNCE_MS:
-                armed = True
+                pressed_at, released = now, False
+            else:
+                released = True
             level = self.tamper.value()
             if level != lid_seen:
                 lid_seen, lid_since = level, now
@@ -177,7 +195,7 @@ class Bell:
             await asyncio.sleep_ms(POLL_MS)
 
     async def run(self):
-        await asyncio.gather(self.link.mqtt.run(), self.inputs(), self.link.heartbeats())
+        await asyncio.gather(self.link.mqtt.run(), self.sender(), self.inputs(), self.link.heartbeats())
 
 
 def main(config):
