@@ -17,6 +17,9 @@ import _vb_ctl as ctl
 import _vb_time as _clock
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+PIN_WAKE = EXT0_WAKE = 2
+EXT1_WAKE, TIMER_WAKE, TOUCHPAD_WAKE, ULP_WAKE = 3, 4, 5, 6  # esp_sleep_wakeup_cause_t
+SLEEP, DEEPSLEEP = 2, 4
 
 _cause = PWRON_RESET
 _uid = b"\x24\x0a\xc4\x00\x00\x01"
@@ -404,7 +407,7 @@ def reset_cause():
 
 
 def wake_reason():
-    return 0
+    return _wake[2]
 
 
 def unique_id():
@@ -420,8 +423,65 @@ def idle():
     ctl.wait(1)
 
 
-def lightsleep(ms=None):
-    ctl.wait(ms or 0)
+# Sleep (ESP32 port): wake sources set by the esp32 module (_vb_esp32), kept across soft resets
+# as machine_rtc_config is. _wake = [ext0 (pin, level) or None, ext1 (pins, level) or None,
+# last wake reason].
+_wake = [None, None, 0]
+
+
+def _wake_due():
+    ext0, ext1 = _wake[0], _wake[1]
+    if ext0 is not None and _level(ext0[0]) == ext0[1]:
+        return EXT0_WAKE
+    if ext1 is not None:
+        levels = [_level(p) for p in ext1[0]]
+        if (any(levels) if ext1[1] else not any(levels)):
+            return EXT1_WAKE
+    return None
+
+
+def lightsleep(time_ms=None):
+    """Light sleep as esp_light_sleep_start() does it: until ``time_ms`` (None: no timer) or a
+    level on the esp32.wake_on_ext0/ext1 pins. The CPU is stopped meanwhile: pin edges only
+    change levels (irq handlers do not run for them; after waking, ``machine.wake_reason()``
+    says EXT0_WAKE or TIMER_WAKE and the pin can be read), soft timers wait, and the radio is
+    off (scan results are lost; the host's radio bridge pauses advertising). Reported to the
+    host as {"ev": "sleep", "ms", "ext0": [pin, level]|None} and {"ev": "wake", "reason", "ms"}.
+    Returns None."""
+    ext0 = _wake[0]
+    ctl.send({"ev": "sleep", "ms": time_ms, "ext0": None if ext0 is None else [ext0[0], ext0[1]]})
+    start = time.ticks_ms()
+    end = None if time_ms is None else time.ticks_add(start, max(0, int(time_ms)))
+    saved = dict(ctl.handlers)
+    ctl.handlers["pin"] = _levels_only
+    ctl.handlers.pop("scan_result", None)  # the radio is off
+    try:
+        while True:
+            reason = _wake_due()
+            if reason is not None:
+                break
+            left = -1 if end is None else time.ticks_diff(end, time.ticks_ms())
+            if end is not None and left <= 0:
+                reason = TIMER_WAKE
+                break
+            if ctl._sock is None:
+                if end is None:
+                    raise OSError(22)  # no host, no wake source: it would never wake
+                time.sleep_ms(left)
+            else:
+                ctl.service(left)
+    finally:
+        ctl.handlers.clear()
+        ctl.handlers.update(saved)
+    _wake[2] = reason
+    ctl.send({"ev": "wake", "reason": reason, "ms": time.ticks_diff(time.ticks_ms(), start)})
+
+
+def _levels_only(msg):
+    _levels[msg["pin"]] = 1 if msg["value"] else 0
+
+
+sleep = lightsleep
 
 
 def deepsleep(ms=None):

@@ -39,6 +39,7 @@ import vfs
 
 import _vb_ctl as ctl
 import _vb_bluetooth
+import _vb_esp32
 import _vb_machine
 import _vb_network
 import _vb_select
@@ -49,7 +50,7 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 BANNER = ("MicroPython v%d.%d.%d on ansim virtual board; unix VM\r\n"
           "Type \"help()\" for more information.\r\n" % sys.implementation.version[:3]).encode()
 PASTE_WINDOW = 512
-FAKES = {"machine": _vb_machine, "bluetooth": _vb_bluetooth, "network": _vb_network,
+FAKES = {"machine": _vb_machine, "bluetooth": _vb_bluetooth, "esp32": _vb_esp32, "network": _vb_network,
          "time": _vb_time, "utime": _vb_time, "select": _vb_select, "uselect": _vb_select}
 
 _write = sys.stdout.buffer.write
