@@ -81,19 +81,33 @@ class VirtualAir:
         advertiser = self._advertisers.get(bytes(address))
         return default if advertiser is None else advertiser.rssi
 
-    async def add_advertiser(self, data, address=None, interval_ms=100, rssi=DEFAULT_RSSI, start=True):
+    async def add_advertiser(self, data, address=None, interval_ms=100, rssi=DEFAULT_RSSI, start=True,
+                             device=None):
         """A new ``Advertiser`` of ``data`` every ``interval_ms``, from ``address`` ("C1:22:33:44:55:66";
-        a new random static one if None), heard at ``rssi`` dBm."""
+        a new random static one if None), heard at ``rssi`` dBm.
+
+        ``address`` may also be a bumble ``hci.Address``: of random type, a static address or a
+        non-resolvable private one (top bits 00, what a device with privacy uses); of public
+        type, the public address of ``device``. ``device``: a radio from ``open_scanner`` to
+        advertise from (as a board that also scans does) instead of the shared beacons.
+        """
         _check_data(data)
         if interval_ms < 20:
             raise ValueError("advertising interval %r ms below the 20 ms minimum" % interval_ms)
-        address = _random_address(address)
+        public = isinstance(address, hci.Address) and address.is_public
+        if public:
+            if device is None or bytes(device.public_address) != bytes(address):
+                raise ValueError("%s: a public address is only the advertising device's own" % address)
+        else:
+            address = _random_address(address)
         params = AdvertisingParameters(advertising_event_properties=_NONCONNECTABLE,
                                        primary_advertising_interval_min=interval_ms,
                                        primary_advertising_interval_max=interval_ms,
-                                       own_address_type=hci.OwnAddressType.RANDOM)
-        device = await self._beacon()
-        adv_set = await device.create_advertising_set(advertising_parameters=params, random_address=address,
+                                       own_address_type=hci.OwnAddressType.PUBLIC if public
+                                       else hci.OwnAddressType.RANDOM)
+        device = device or await self._beacon()
+        adv_set = await device.create_advertising_set(advertising_parameters=params,
+                                                      random_address=None if public else address,
                                                       advertising_data=bytes(data), auto_start=False)
         advertiser = Advertiser(self, adv_set, address, bytes(data), interval_ms, rssi)
         self._advertisers[bytes(address)] = advertiser
@@ -110,9 +124,10 @@ class VirtualAir:
         if advertiser._set.advertising_handle in advertiser._set.device.extended_advertising_sets:
             await advertiser._set.remove()
 
-    async def open_scanner(self):
-        """A powered-on bumble ``Device`` listening on this air (not yet scanning)."""
-        controller = _AirController(self, "scanner%d" % len(self._scanners))
+    async def open_scanner(self, public_address=None):
+        """A powered-on bumble ``Device`` listening on this air (not yet scanning), with a
+        controller of its own (``public_address``: its public address, e.g. a board's)."""
+        controller = _AirController(self, "scanner%d" % len(self._scanners), public_address=public_address)
         device = Device("scanner", host=Host(controller, AsyncPipeSink(controller)))
         await device.power_on()
         self._scanners[device] = controller
@@ -175,7 +190,7 @@ class Advertiser:
 
     @property
     def address(self):
-        """The random static address, as bleak shows it (``"C3:12:..."``)."""
+        """The address, as bleak shows it (``"C3:12:..."``)."""
         return self._address.to_string(False)
 
     @property
@@ -197,8 +212,8 @@ class Advertiser:
         self.data = bytes(data)
 
     async def set_address(self, address=None):
-        """Advertise from ``address`` (a new random static one if None), as a device that
-        rotates its address does."""
+        """Advertise from ``address`` (a new random static one if None; an ``hci.Address`` may
+        be a non-resolvable private one), as a device that rotates its address does."""
         address = _random_address(address)
         await self._set.set_random_address(address)
         self._air._moved(self, self._address, address)
@@ -212,8 +227,15 @@ def _check_data(data):
 
 
 def _random_address(address):
+    """A random static address from a string or None (a new one); an ``hci.Address`` of random
+    type may also be a non-resolvable private address (top two bits 00)."""
     if address is None:
         return hci.Address.generate_static_address()
+    if isinstance(address, hci.Address) and address.is_random:
+        if address.is_static or bytes(address)[-1] >> 6 == 0:
+            return hci.Address(bytes(address), hci.Address.RANDOM_DEVICE_ADDRESS)
+        raise ValueError("%s is neither a random static address (top two bits 11) nor a "
+                         "non-resolvable private one (00)" % address)
     address = hci.Address(address, hci.Address.RANDOM_DEVICE_ADDRESS)
     if not address.is_static:
         raise ValueError("%s is not a random static address (top two bits 11)" % address)
