@@ -86,6 +86,8 @@ class Control:
         self.pins: dict = {}  # last driven output level per pin
         self.pwm: dict = {}  # last PWM event per pin
         self.on_hello: Callable[[], None] = lambda: None
+        # called with each event as it is noted, on the thread that notes it (keep them short)
+        self.listeners: list[Callable[[dict], None]] = []
         self.rtc_offset = 0.0  # the board's clock minus the host's, seconds (its last "rtc" event)
         self._reading = False  # a VM's connection is being read
         self._closed = False
@@ -131,6 +133,8 @@ class Control:
             elif event.get("ev") == "rtc":
                 self.rtc_offset = event["offset"]
             self._cond.notify_all()
+        for listener in list(self.listeners):
+            listener(event)
 
     # -- commands -------------------------------------------------------------------------
     def send(self, cmd: dict) -> bool:
