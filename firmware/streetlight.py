@@ -3,33 +3,41 @@
 
 - Output: ``machine.PWM`` on ``config["pwm_pin"]`` (default 5); level in percent -> duty_u16.
 - Schedule: ``config["schedule"]`` = {"on": "18:00", "off": "06:00", "night_pct": 60,
-  "day_pct": 0} by the board's ``time.localtime()`` (on an ESP32 that is the RTC: set it to
-  local time, or the schedule runs in UTC).
+  "day_pct": 0} in local time = the RTC's UTC + ``config["utc_offset_min"]`` (default 0; 540
+  in Seoul; a fixed offset, no daylight saving). The RTC holds UTC: the agent sets it with a
+  ``time`` frame each time the light connects (``ansim_device.clock``). While the clock is not
+  set (power loss, no agent yet) the light cannot tell night from day and holds ``night_pct``.
 - Commands: only from ``ansim/v1/dev/{id}/down``, verified with the device key (downlink
   auth), counter above the last accepted (``ReplayGuard``, persisted), not expired
-  (``expires`` < now: ignored). ``blink`` toggles 100 % / 10 % every 250 ms, ``brighten``
-  holds ``level_pct``, both for ``duration_s`` (0: until ``restore``); ``restore`` goes back
-  to the schedule.
+  (``expires`` < now: ignored without spending the counter; with the clock not set expiry
+  cannot be judged and the command is obeyed). ``blink`` toggles 100 % / 10 % every 250 ms,
+  ``brighten`` holds ``level_pct``, both for ``duration_s`` (0: until ``restore``);
+  ``restore`` goes back to the schedule.
 - Broker link lost: any command is dropped and the light runs its schedule (mode
   ``fallback``) until the link is back.
-- Uplink: ``light_state`` after every change of mode or level, ``heartbeat`` every
-  ``heartbeat_s`` (default 30), counters from ``PersistentCounter`` under /state/.
+- Lamp fault: with ``config["lamp_sense_pin"]`` (an ADC on the lamp's current or light
+  sensor; default none: no sensing), a reading below ``lamp_sense_min_u16`` (default 4000)
+  for 2 s while the output is above 0 sets faults bit 0; a reading at or above it for 2 s
+  clears it. While the lamp is dark nothing is judged and the last verdict stands.
+- Watchdog: ``machine.WDT`` of ``config["watchdog_s"]`` (default 30; 0: none), fed by the
+  drive loop (at least every second): a hung firmware resets the board. It cannot be stopped:
+  at the REPL (mpremote, ``ansim flash``) the board resets ``watchdog_s`` after main.py stopped.
+- Uplink: ``light_state`` after every change of mode, level or faults, ``heartbeat`` (with
+  the faults) every ``heartbeat_s`` (default 30), counters from ``PersistentCounter`` under
+  /state/.
 """
 
 import asyncio
 import time
 
 import machine
+from ansim_device import clock
 from ansim_device.link import DeviceLink
 
 BLINK_HIGH, BLINK_LOW, BLINK_MS = 100, 10, 250
 MODE_SCHEDULE, MODE_BLINK, MODE_BRIGHTEN, MODE_FALLBACK = "schedule", "blink", "brighten", "fallback"
-UNIX_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ESP32 counts from 2000
-CLOCK_SET_AFTER = 1700000000  # a clock before Nov 2023 was never set: expiry cannot be judged
-
-
-def unix_time():
-    return time.time() + UNIX_OFFSET
+LAMP_FAULT = 0x01  # faults bit 0 (SPEC.md 4, light_state)
+LAMP_FAULT_MS = 2000  # a sensor reading must hold this long to set or clear the fault
 
 
 def _minutes(hhmm):
@@ -44,22 +52,33 @@ class Streetlight:
         self.off_min = _minutes(sched.get("off", "06:00"))
         self.night_pct = int(sched.get("night_pct", 60))
         self.day_pct = int(sched.get("day_pct", 0))
+        self.utc_offset_s = int(config.get("utc_offset_min", 0)) * 60
         self.pwm = machine.PWM(machine.Pin(int(config.get("pwm_pin", 5))), freq=1000, duty_u16=0)
+        self.watchdog_ms = int(float(config.get("watchdog_s", 30) or 0) * 1000)
+        self.wdt = None  # started by run()
+        sense = config.get("lamp_sense_pin")
+        self.sense = None
+        if sense is not None:
+            self.sense = machine.ADC(machine.Pin(int(sense)), atten=machine.ADC.ATTN_11DB)
+        self.sense_min = int(config.get("lamp_sense_min_u16", 4000))
+        self.lamp_low = None  # last reading below sense_min? None: lamp dark, nothing judged
+        self.lamp_since = 0  # ticks_ms since the readings say lamp_low
         # what the light is doing
         self.mode = MODE_FALLBACK  # no broker yet
         self.level = 0  # commanded level of blink/brighten
         self.until = None  # ticks_ms when the command ends, None: until restore
         self.since = time.ticks_ms()
         self.actual = None  # percent now on the PWM
-        self.reported = None  # (mode, commanded) last published
+        self.reported = None  # (mode, commanded, faults) last published
         self.changed = asyncio.Event()
         self.link = DeviceLink(config, "light", "light_command", "/state/cmd", self.on_command,
                                self.on_connect, self.on_disconnect)
 
     # -- levels ---------------------------------------------------------------------------
     def schedule_pct(self):
-        t = time.localtime()
-        now = t[3] * 60 + t[4]
+        if not clock.is_set():
+            return self.night_pct  # night or day unknown: rather lit than dark
+        now = (clock.unix_time() + self.utc_offset_s) % 86400 // 60
         if self.on_min == self.off_min:
             night = True
         elif self.on_min < self.off_min:
@@ -92,8 +111,9 @@ class Streetlight:
     # -- downlink -------------------------------------------------------------------------
     def on_command(self, frame):
         f = frame.fields
-        now = unix_time()
-        if now > CLOCK_SET_AFTER and f["expires"] < now:
+        if not clock.is_set():
+            print("light: clock not set, expiry of command %d not checked" % frame.counter)
+        elif f["expires"] < clock.unix_time():
             print("light: command %d expired" % frame.counter)
             return
         if not self.link.guard.accept(frame.counter):
@@ -118,28 +138,52 @@ class Streetlight:
         self.set_mode(MODE_FALLBACK)
         print("light: broker lost, schedule fallback")
 
+    # -- lamp sensing ---------------------------------------------------------------------
+    def sense_lamp(self):
+        """One reading of the lamp sensor; the fault changes when a verdict has held 2 s."""
+        if self.sense is None:
+            return
+        if not self.actual:
+            self.lamp_low = None  # a dark lamp says nothing
+            return
+        low = self.sense.read_u16() < self.sense_min
+        now = time.ticks_ms()
+        if low != self.lamp_low:
+            self.lamp_low, self.lamp_since = low, now
+        elif time.ticks_diff(now, self.lamp_since) >= LAMP_FAULT_MS:
+            faults = (self.link.faults | LAMP_FAULT) if low else (self.link.faults & ~LAMP_FAULT)
+            if faults != self.link.faults:
+                self.link.faults = faults
+                print("light: lamp fault" if low else "light: lamp fault cleared")
+
     # -- uplink ---------------------------------------------------------------------------
+    def state(self):
+        return self.mode, self.commanded_pct(), self.link.faults
+
     async def report(self):
-        mode = self.mode
-        commanded = self.commanded_pct()
+        mode, commanded, faults = state = self.state()
         # while blinking the high level is what the light shows at its brightest
         actual = BLINK_HIGH if mode == MODE_BLINK else self.actual or 0
         if await self.link.send("light_state", {"commanded_pct": commanded, "actual_pct": actual,
-                                           "mode": mode, "faults": 0,
-                                           "last_command": max(0, self.link.guard.last)}):
-            self.reported = (mode, commanded)
+                                                "mode": mode, "faults": faults,
+                                                "last_command": max(0, self.link.guard.last)}):
+            self.reported = state
 
     # -- tasks ----------------------------------------------------------------------------
     async def drive(self):
         """Sets the PWM: at once after a command, every 250 ms while blinking, every second
-        otherwise (schedule edges, command expiry); reports changes."""
+        otherwise (schedule edges, command expiry); senses the lamp; feeds the watchdog;
+        reports changes."""
         reporting = None
         while True:
+            if self.wdt is not None:
+                self.wdt.feed()
             if self.until is not None and time.ticks_diff(time.ticks_ms(), self.until) >= 0:
                 self.set_mode(MODE_SCHEDULE if self.link.connected else MODE_FALLBACK)
             self.changed.clear()
             self.set_output(self.output_pct())
-            if (self.mode, self.commanded_pct()) != self.reported and self.link.connected \
+            self.sense_lamp()
+            if self.state() != self.reported and self.link.connected \
                     and (reporting is None or reporting.done()):
                 reporting = asyncio.create_task(self.report())
             if self.mode == MODE_BLINK:
@@ -152,6 +196,9 @@ class Streetlight:
                 pass
 
     async def run(self):
+        if self.watchdog_ms:
+            self.wdt = machine.WDT(timeout=self.watchdog_ms)
+            print("light: watchdog %d ms" % self.watchdog_ms)
         self.set_output(self.output_pct())
         await asyncio.gather(self.link.mqtt.run(), self.drive(), self.link.heartbeats())
 

@@ -1,6 +1,6 @@
 """A fixed device's authenticated link to the edge agent over MQTT (SPEC.md 6.2), shared by
-the bell and the streetlight: topics, last will, uplink counter, downlink verification,
-heartbeats.
+the bell and the streetlight: topics, last will, uplink counter, downlink verification, the
+clock (``time`` frames), heartbeats.
 """
 
 import asyncio
@@ -8,6 +8,7 @@ import gc
 import os
 import time
 
+from ansim_device import clock
 from ansim_device.counter import PersistentCounter, ReplayGuard
 from ansim_device.mqtt import MQTTClient
 from ansim_protocol import frames, topics
@@ -25,13 +26,17 @@ def _mkdir(path):
 class DeviceLink:
     """``on_frame(frame)`` gets each downlink frame of ``kind`` that is authentic and addressed
     to this device; replay checks are the caller's (``self.guard``), since some frames (expired
-    commands) must be refused before their counter is spent."""
+    commands) must be refused before their counter is spent. Authentic ``time`` frames (the
+    agent sends one when the device comes online) set the clock here, replay-checked by the
+    same guard: the agent has one downlink counter per device. ``faults`` goes out in every
+    heartbeat (the role sets its bits)."""
 
     def __init__(self, config, name, kind, guard_file, on_frame, on_connect=None, on_disconnect=None):
         self.config, self.name, self.kind = config, name, kind
         self.device_id = config["device_id_int"]
         self.keys = DeviceKeys(config["key_bytes"])
         self.heartbeat_s = int(config.get("heartbeat_s", 30))
+        self.faults = 0
         self.started = time.ticks_ms()
         _mkdir("/state")
         self.uplink = PersistentCounter("/state/up")
@@ -81,10 +86,22 @@ class DeviceLink:
         if not frame.downlink or frame.device_id != self.device_id:
             print("%s: frame not addressed to this %s" % (self.name, self.name))
             return
+        if frame.kind == "time":
+            self._set_clock(frame)
+            return
         if frame.kind != self.kind:
             print("%s: ignoring %s" % (self.name, frame.kind))
             return
         self._on_frame(frame)
+
+    def _set_clock(self, frame):
+        if not self.guard.accept(frame.counter):
+            print("%s: time %d replayed" % (self.name, frame.counter))
+            return
+        old = clock.unix_time()
+        clock.set_unix_time(frame.fields["unix_time"])
+        print("%s: clock set %d -> %d (Unix time, time frame %d)"
+              % (self.name, old, clock.unix_time(), frame.counter))
 
     async def _connected(self):
         await self.mqtt.subscribe(self.down_topic, 1)
@@ -102,5 +119,6 @@ class DeviceLink:
             await asyncio.sleep(self.heartbeat_s)
             gc.collect()
             uptime_min = time.ticks_diff(time.ticks_ms(), self.started) // 60000
-            await self.send("heartbeat", {"battery_pct": 255, "uptime_min": min(uptime_min, 0xFFFFFF), "faults": 0})
+            await self.send("heartbeat", {"battery_pct": 255, "uptime_min": min(uptime_min, 0xFFFFFF),
+                                          "faults": self.faults})
             print("%s: heap alloc %d free %d" % (self.name, gc.mem_alloc(), gc.mem_free()))
