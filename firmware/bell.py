@@ -68,9 +68,9 @@ class Bell:
         self.alarm_since = self.siren_since = 0
         self.presses = []  # counters of this alarm's bell_press frames
         self.outbox = []  # (kind, frame) in counter order, not yet acknowledged by the broker
-        self.more = asyncio.Event()  # something was put in the outbox
+        self.more = asyncio.Event()  # something was put in the outbox, or the link came up
         self.link = DeviceLink(config, "bell", "center_ack", "/state/ack", self.on_ack,
-                               on_disconnect=lambda: print("bell: broker lost"))
+                               on_connect=self.more.set, on_disconnect=lambda: print("bell: broker lost"))
         self.link.send = self.send  # the link's heartbeats go through the outbox too
 
     def _on_edge(self, pin):
@@ -114,13 +114,11 @@ class Bell:
 
     async def sender(self):
         """Publishes the outbox (QoS 1) oldest first, each frame until its PUBACK; while the
-        link is down the frames wait."""
+        link is down the frames wait, and go as soon as it is back."""
         while True:
-            if not self.outbox:
+            if not self.outbox or not self.link.connected:
                 self.more.clear()
                 await self.more.wait()
-            elif not self.link.connected:
-                await asyncio.sleep_ms(200)
             else:
                 kind, frame = self.outbox[0]
                 try:
