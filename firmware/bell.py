@@ -29,6 +29,9 @@
   press). An open lid at boot is reported too.
 - ``heartbeat`` every ``heartbeat_s`` (default 30), skipped while the broker is away;
   counters from ``PersistentCounter``.
+- Watchdog: ``machine.WDT`` of ``config["watchdog_s"]`` (default 30; 0: none), fed by the
+  10 ms poll: a hung bell resets. It cannot be stopped: at the REPL (mpremote, ``ansim
+  flash``) the board resets ``watchdog_s`` after main.py stopped.
 """
 
 import asyncio
@@ -72,6 +75,8 @@ class Bell:
         self.link = DeviceLink(config, "bell", "center_ack", "/state/ack", self.on_ack,
                                on_connect=self.more.set, on_disconnect=lambda: print("bell: broker lost"))
         self.link.send = self.send  # the link's heartbeats go through the outbox too
+        self.watchdog_ms = int(float(config.get("watchdog_s", 30) or 0) * 1000)
+        self.wdt = None
 
     def _on_edge(self, pin):
         self.fell = True  # only a flag: the poll loop does the work
@@ -161,7 +166,7 @@ class Bell:
 
     # -- tasks ----------------------------------------------------------------------------
     async def inputs(self):
-        """Polls the button and the tamper switch; runs the alarm's timeouts."""
+        """Polls the button and the tamper switch; runs the alarm's timeouts; feeds the watchdog."""
         pressed_at = time.ticks_add(time.ticks_ms(), -DEBOUNCE_MS)  # last poll that saw it pressed
         released = True  # a poll saw the button released since then (a button held at boot counts)
         lid = self.tamper.value()
@@ -171,6 +176,8 @@ class Bell:
             print("bell: lid open at boot")
         while True:
             now = time.ticks_ms()
+            if self.wdt is not None:
+                self.wdt.feed()
             fell, self.fell = self.fell, False
             if fell or self.button.value() == 0:
                 if released and time.ticks_diff(now, pressed_at) >= DEBOUNCE_MS:
@@ -193,6 +200,9 @@ class Bell:
             await asyncio.sleep_ms(POLL_MS)
 
     async def run(self):
+        if self.watchdog_ms > 0:
+            self.wdt = machine.WDT(timeout=self.watchdog_ms)
+            print("bell: watchdog %d ms" % self.watchdog_ms)
         await asyncio.gather(self.link.mqtt.run(), self.sender(), self.inputs(), self.link.heartbeats())
 
 
