@@ -48,6 +48,7 @@ try:
 except ImportError:  # a port without ext0 wake: idle in short naps instead
     esp32 = None
 
+EXT0_WAKE = 2  # machine.wake_reason() after the button woke a light sleep (ESP32 port)
 POLL_MS, DEBOUNCE_MS, LONG_MS, TRIPLE_MS, CANCEL_MS = 10, 50, 1000, 1500, 5000
 BURST_MS, BURST_INTERVAL_MS = 3000, 30
 RESEND_MS = 1000
@@ -145,8 +146,8 @@ class Wearable:
     # -- clock and epochs -----------------------------------------------------------------
     def _restore_clock(self):
         last = self.epochs.peek() - 1
-        if last > 0 and epoch_of(clock.unix_time()) <= last:
-            # the RTC lost power (or went back): continue after the last epoch used
+        if last > 0 and not clock.is_set():
+            # the RTC lost power: continue after the last epoch used, where the agent looks
             clock.set_unix_time((last + 1) * ROTATION_PERIOD_S)
             print("wearable: clock restarted at epoch %d (after the last used)" % (last + 1))
 
@@ -308,6 +309,8 @@ class Wearable:
             esp32.wake_on_ext0(self.button, esp32.WAKEUP_ALL_LOW)
         self.wdt.feed()
         machine.lightsleep(ms)
+        if machine.wake_reason() == EXT0_WAKE:
+            self.fell = True  # the press that woke us may be over already: it counts
 
     def start(self):
         """Test mode if the button is held while starting; a short buzz says the wearable is on."""

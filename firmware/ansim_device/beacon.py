@@ -37,9 +37,13 @@ class Beacon:
     def advertise(self, frame, epoch, interval_ms):
         """Advertise ``frame`` (sealed under ``epoch``) from the address of that epoch."""
         if epoch != self.epoch:
+            # a controller refuses a new random address while it advertises or scans
+            scanning = self.scanning
             self.stop()
+            self._scan(False)
             self.ble.config(addr_mode=ADDR_NRPA)
             self.epoch = epoch
+            self._scan(scanning)
         self.ble.gap_advertise(interval_ms * 1000, ble.advertisement(frame), connectable=False)
         self.advertising = True
 
@@ -51,15 +55,18 @@ class Beacon:
     def listen(self, epoch):
         """Scan for frames sealed to us under ``epoch`` or its neighbours (clock skew)."""
         self._rids = tuple(rotating_id(self.keys, e) for e in (epoch - 1, epoch, epoch + 1))
-        if not self.scanning:
-            self.ble.gap_scan(0, SCAN_US, SCAN_US, False)
-            self.scanning = True
+        self._scan(True)
 
     def deafen(self):
-        if self.scanning:
-            self.ble.gap_scan(None)
-            self.scanning = False
+        self._scan(False)
         self.inbox = []
+
+    def _scan(self, on):
+        if on and not self.scanning:
+            self.ble.gap_scan(0, SCAN_US, SCAN_US, False)
+        elif not on and self.scanning:
+            self.ble.gap_scan(None)
+        self.scanning = on
 
     def _irq(self, event, data):
         if event == _IRQ_SCAN_RESULT:
