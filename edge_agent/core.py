@@ -24,6 +24,7 @@ log = logging.getLogger("ansim.agent.core")
 ALERT_TYPES = ("sos", "test_sos", "bell_press", "cancel", "tamper", "low_battery", "monitor")
 EMERGENCIES = ("sos", "bell_press")
 LAMP_FAULT = 0x01
+FIXED_ROLES = ("bell", "streetlight")  # devices on the local broker, with a state topic
 
 
 class Downlink:
@@ -199,6 +200,16 @@ class Core:
         frame = frames.build_plain("light_command", fields, light.keys, light.device_id,
                                    self.store.next_down(light.device_id), downlink=True)
         return Downlink(light.device_id, frame, "light_command")
+
+    def time_frame(self, device_id, now):
+        """A ``time`` frame with the agent's Unix time for a bell or streetlight that has just
+        come online (SPEC.md 3.2): its RTC may have lost power or drifted."""
+        device = self.registry.get(device_id)
+        if device is None or device.role not in FIXED_ROLES:
+            return []
+        frame = frames.build_plain("time", {"unix_time": int(now)}, device.keys, device.device_id,
+                                   self.store.next_down(device.device_id), downlink=True)
+        return [Downlink(device.device_id, frame, "time")]
 
     def center_ack(self, alert_id, status, now):
         """Relay the center's acknowledgement to the device that raised the alert: a signed

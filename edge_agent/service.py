@@ -182,6 +182,8 @@ class Agent:
     def _on_device_state(self, device_id, payload):
         if payload == b"offline":
             self._control.put(lambda: self._last_will(device_id))
+        elif payload == b"online":
+            self._control.put(lambda: self._set_clock(device_id))
 
     def _run_control(self):
         while True:
@@ -200,6 +202,14 @@ class Agent:
             return
         now = self.clock()
         self._report(False, [(device, self.store.last_heard().get(device_id, now))], now, "last_will")
+
+    def _set_clock(self, device_id):
+        """A bell or streetlight announced itself online (connected, or retained when the
+        agent subscribes): send it the time. Its RTC may have lost power or drifted."""
+        downlinks = self.core.time_frame(device_id, self.clock())
+        if downlinks:
+            self.store.commit()  # the counter, before the frame leaves
+            self._send(downlinks)
 
     def _monitor(self, request):
         try:
