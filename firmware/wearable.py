@@ -74,6 +74,8 @@ class Feedback:
         self.steps, self.until = (), 0
 
     def play(self, pattern):
+        if self.busy():  # a pause first, so the wearer feels where the new pattern starts
+            pattern = ((0, 0, 150),) + pattern
         self.steps = pattern
         self._next(time.ticks_ms())
 
