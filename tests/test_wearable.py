@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ansim_protocol import ble, frames
-from ansim_protocol.crypto import DeviceKeys
+from ansim_protocol.crypto import DeviceKeys, epoch_of, rotating_id
 from ansim_simulators.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
@@ -210,3 +210,51 @@ def test_an_idle_wearable_sleeps_and_the_button_wakes_it(wearable):
     triple_press(board)
     _, sos = next_advert(board, mark)
     assert sos.kind == "sos"
+
+
+def test_after_power_loss_the_clock_continues_after_the_last_epoch_used(wearable):
+    board = wearable()
+    ctl = board.control
+    mark = ctl.mark()
+    triple_press(board)
+    _, before = next_advert(board, mark)
+    last_epoch = epoch_of(time.time() + ctl.rtc_offset)
+    assert before.rid == rotating_id(KEYS, last_epoch)
+    mark = ctl.mark()
+    board.clock = None  # no backup battery: at the next power-on the RTC restarts at 2000-01-01
+    board.power_cycle()
+    printed(board, "wearable: clock restarted at epoch %d" % (last_epoch + 1), mark)
+    ready(board, mark)
+    mark = ctl.mark()
+    triple_press(board)
+    _, after = next_advert(board, mark)
+    # where the agent looks for a device whose clock was reset (SPEC.md 3.2)
+    assert after.rid == rotating_id(KEYS, last_epoch + 1) and after.counter > before.counter
+
+
+def test_a_time_frame_heard_while_waiting_for_the_ack_sets_the_clock(wearable, tmp_path):
+    from ansim_simulators.ble_radio import ThreadedAir
+    from ansim_simulators.board_radio import BoardRadio
+
+    board = wearable()
+    ctl = board.control
+    air = ThreadedAir()
+    try:
+        with BoardRadio(board, air):
+            mark = ctl.mark()
+            triple_press(board)
+            _, sos = next_advert(board, mark)
+            epoch = epoch_of(time.time() + ctl.rtc_offset)
+            right = int(time.time()) + 3600  # the wearable's clock is an hour late
+            altered = bytearray(frames.build_sealed("time", {"unix_time": right + 99}, KEYS, 5, epoch, downlink=True))
+            altered[10] ^= 0x01  # under our rotating id, but not what the agent sealed
+            forged = bytes(altered)
+            genuine = frames.build_sealed("time", {"unix_time": right}, KEYS, 6, epoch, downlink=True)
+            for frame in (forged, genuine):
+                air.call(air.air.add_advertiser(ble.advertisement(frame), interval_ms=30))
+            changed = printed(board, "wearable: clock set", mark)
+            assert changed["text"].split("->")[1].strip() == str(right)
+            printed(board, "downlink rejected: tag", mark)
+            ctl.wait_for(lambda e: abs(e["offset"] - 3600) < 5, timeout=WAIT_S, since=mark, ev="rtc")
+    finally:
+        air.close()
