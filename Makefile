@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-slow demo system-packages venv clean
+.PHONY: test test-slow demo bench-firmware system-packages venv clean
 
 test: venv
 	$(BIN)/pytest -v
@@ -16,6 +16,10 @@ test-slow: venv
 
 demo: venv
 	$(BIN)/ansim demo
+
+# Each role's firmware on the virtual board: latency and heap beside baselines (tools/bench_firmware.py).
+bench-firmware: venv
+	$(BIN)/ansim bench firmware
 
 venv: $(STAMP)
 

@@ -42,8 +42,11 @@ compare columns, not runs.
      (no heap holds less than what is live in it), the result run once more to confirm
      ("flaky" if that failed and a step more was needed); a MemoryError printed by the
      firmware, even one it survives, is a failure. It includes every transient,
-     fragmentation and the GC's tables (~1.5 %). With ``--mpy`` the modules are flashed
-     precompiled, as ``ansim flash --mpy`` does: nothing is compiled on the board.
+     fragmentation and the GC's tables (~1.5 %), and the board's own needs: _vb_ctl reads
+     each host command with ``recv(4096)``, a 4 KB contiguous block, and in a fragmented heap
+     that is what often fails first (the bell, --mpy, in 140-150 KB), so it is loose. With
+     ``--mpy`` the modules are flashed precompiled, as ``ansim flash --mpy`` does: nothing
+     is compiled on the board.
    - the firmware's share, 64-bit: LOW = its live peak minus the empty board's live peak;
      HIGH = its smallest heap minus what the board always holds (the empty board's lowest
      live reading, minus the probe's own bytes): at every moment board + firmware fitted in
