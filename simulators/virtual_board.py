@@ -360,6 +360,15 @@ class VirtualBoard:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def freeze(self, seconds: float) -> None:
+        """Stop the CPU for ``seconds`` (SIGSTOP .. SIGCONT), as firmware stuck in a blocking
+        call would: what a watchdog is for."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+
     def _restart(self, cmd: bytes, timeout: float | None) -> None:
         mark = self.control.mark()
         self._command(cmd)
