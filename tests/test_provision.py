@@ -78,7 +78,25 @@ def test_mistakes_are_refused_with_a_fix(tmp_path):
         (["add", "--site", site, "--role", "bell", "--position", "137,10"], "not on Earth"),
         (["add", "--site", site, "--role", "bell", "--position", "37,127", "--broker", "nohost"], "host:port"),
         (["rotate", "--site", site, "--device", "00099999"], "no device 00099999"),
+        (["add", "--site", site, "--role", "wearable", "--set", "battery_pin"], "NAME=VALUE"),
+        (["add", "--site", site, "--role", "wearable", "--set", "key=00"], "set by provisioning itself"),
     ]
     for args, message in cases:
         result = provision(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_role_settings_go_into_the_device_config_and_survive_a_key_rotation(tmp_path):
+    site = tmp_path / "site"
+    result = provision("add", "--site", str(site), "--role", "streetlight", "--position", "37.5,127.0",
+                       "--set", "utc_offset_min=540", "--set", 'schedule={"on": "19:00", "off": "05:30"}',
+                       "--set", "name_on_pole=A-17")
+    assert result.returncode == 0, result.stderr
+    path = site / "devices" / "00030001.json"
+    config = json.loads(path.read_text())
+    assert config["utc_offset_min"] == 540 and config["schedule"] == {"on": "19:00", "off": "05:30"}
+    assert config["name_on_pole"] == "A-17"
+    provision("rotate", "--site", str(site), "--device", "00030001")
+    rotated = json.loads(path.read_text())
+    assert rotated["key"] != config["key"]
+    assert {k: v for k, v in rotated.items() if k != "key"} == {k: v for k, v in config.items() if k != "key"}

@@ -23,6 +23,9 @@ class ProvisionError(Exception):
     pass
 
 
+CONFIG_KEYS = ("device_id", "role", "key", "position", "broker")  # written by provisioning itself
+
+
 def add_parser(subparsers):
     p = subparsers.add_parser("provision", help="make device ids, keys, the registry and device configs",
                               description=__doc__.split("\n\n")[0])
@@ -34,6 +37,9 @@ def add_parser(subparsers):
     add.add_argument("--position", help="lat,lon: required for bells and streetlights")
     add.add_argument("--name", help="a name for people (defaults to role and id)")
     add.add_argument("--broker", help="host:port of the agent's MQTT broker, for bells and streetlights")
+    add.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                     help="a role setting for the device's config.json (VALUE is JSON, else text), e.g. "
+                          "utc_offset_min=540 for a light's schedule in Korea; see the role's firmware docstring")
     listing = actions.add_parser("list", help="list the site's devices (no secrets)")
     listing.add_argument("--site", required=True)
     rotate = actions.add_parser("rotate", help="give one device a new key (it must be flashed again)")
@@ -46,7 +52,8 @@ def run(args):
     site = Site(Path(args.site))
     try:
         if args.action == "add":
-            for device in site.add(args.role, args.count, _position(args.position), args.name, args.broker):
+            for device in site.add(args.role, args.count, _position(args.position), args.name, args.broker,
+                                   _settings(args.settings)):
                 print("added %s %s%s" % (device["id"], device["role"],
                                          " at %.6f, %.6f" % tuple(device["position"]) if device.get("position") else ""))
             print("registry: %s (%d devices)" % (site.registry_path, len(site.devices)))
@@ -61,6 +68,21 @@ def run(args):
         print("ansim provision: %s" % err, file=sys.stderr)
         return 2
     return 0
+
+
+def _settings(items):
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ProvisionError("--set %r: write NAME=VALUE, e.g. --set utc_offset_min=540" % item)
+        if name.strip() in CONFIG_KEYS:
+            raise ProvisionError("--set %s: that is set by provisioning itself" % name.strip())
+        try:
+            settings[name.strip()] = json.loads(value)
+        except ValueError:
+            settings[name.strip()] = value
+    return settings
 
 
 def _position(text):
@@ -106,7 +128,7 @@ class Site:
                                      % (self.registry_path, err)) from None
         self.devices = self.raw.setdefault("device", [])
 
-    def add(self, role, count, position, name, broker):
+    def add(self, role, count, position, name, broker, settings=None):
         if role in FIXED and position is None:
             raise ProvisionError("a %s needs --position lat,lon (where it is mounted)" % role)
         if count < 1:
@@ -129,7 +151,7 @@ class Site:
                 device["position"] = position
             key = os.urandom(16)
             _write_secret(self.directory / device["key_file"], key.hex() + "\n")
-            self._write_device_config(device, key, broker)
+            self._write_device_config(device, key, broker, settings)
             self.devices.append(device)
             made.append(device)
         self._write_registry()
@@ -142,14 +164,16 @@ class Site:
         key = os.urandom(16)
         _write_secret(self.directory / device["key_file"], key.hex() + "\n")
         old = self._device_config_path(device)
-        broker = json.loads(old.read_text()).get("broker") if old.exists() else None
-        self._write_device_config(device, key, broker)
+        kept = json.loads(old.read_text()) if old.exists() else {}
+        settings = {k: v for k, v in kept.items() if k not in CONFIG_KEYS}
+        self._write_device_config(device, key, kept.get("broker"), settings)
 
     def _device_config_path(self, device):
         return self.directory / "devices" / (device["id"] + ".json")
 
-    def _write_device_config(self, device, key, broker):
+    def _write_device_config(self, device, key, broker, settings=None):
         config = {"device_id": device["id"], "role": device["role"], "key": key.hex()}
+        config.update(settings or {})
         if "position" in device:
             pos = device["position"]
             config["position"] = [pos["lat"], pos["lon"]] if isinstance(pos, dict) else list(pos)
