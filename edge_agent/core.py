@@ -25,6 +25,7 @@ ALERT_TYPES = ("sos", "test_sos", "bell_press", "cancel", "tamper", "low_battery
 EMERGENCIES = ("sos", "bell_press")
 LAMP_FAULT = 0x01
 FIXED_ROLES = ("bell", "streetlight")  # devices on the local broker, with a state topic
+OVERHEARD = "downlink"  # the verdict of a downlink frame heard on a shared medium
 
 
 class Downlink:
@@ -37,8 +38,9 @@ class Downlink:
 
 
 class Outcome:
-    """What became of one reception: ``verdict`` is "accepted", "duplicate", or a FrameError
-    reason ("tag", "replay", "unknown", ...)."""
+    """What became of one reception: ``verdict`` is "accepted", "duplicate", "downlink" (a frame
+    to a device, overheard on a shared medium: the agent's own acks or another agent's; normal,
+    not processed), or a FrameError reason ("tag", "replay", "unknown", ...) with a ``detail``."""
 
     __slots__ = ("reception", "verdict", "kind", "device_id", "alert_id", "detail")
 
@@ -89,6 +91,9 @@ class Core:
             return Outcome(reception, "duplicate")
         try:
             device, frame = self._verify(reception)
+            if device is None:
+                log.debug("overheard a downlink frame via %s/%s", reception.path, reception.receiver)
+                return Outcome(reception, OVERHEARD)
             frames.check_fresh(frame.counter, self.store.last_up(device.device_id))
         except FrameError as err:
             return Outcome(reception, err.reason, detail=str(err))
@@ -100,9 +105,15 @@ class Core:
         return Outcome(reception, "accepted", frame.kind, device.device_id, alert_id)
 
     def _verify(self, reception):
+        """(device, frame) of a verified uplink frame; (None, None) for a downlink frame heard on
+        a shared medium (BLE, a serial radio or bus, a relay's topic), where the agent's own
+        frames to devices and other agents' are normal traffic. On a device's own ``up`` topic
+        no correct sender puts one: rejected (``direction``)."""
         header = frames.peek(reception.frame)
         if header.downlink:
-            raise FrameError(DIRECTION, "a downlink frame arrived on the intake")
+            if reception.topic is not None and topics.parse(reception.topic)[0] == topics.DEV:
+                raise FrameError(DIRECTION, "a downlink frame on the uplink topic %s" % reception.topic)
+            return None, None
         if header.sealed:
             for device_id, keys, _ in self.resolver.candidates(header.rid):
                 try:

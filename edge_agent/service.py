@@ -2,8 +2,11 @@
 
 One pipeline thread owns the core: it takes receptions in batches from a queue that every
 adapter feeds (from its own thread), processes and commits each batch, acknowledges, sends
-the resulting commands, and wakes the uplink. Periodic work (supervision, purge) runs on the
-same thread between batches, so the core and the store need no further locking.
+the resulting commands, and wakes the uplink. Work that other threads hand to the core (the
+center's acks and monitoring requests, device state, oversize notes) is a callable on the
+same queue, so it wakes the pipeline at once and runs right after the batch it arrived with.
+Periodic work (supervision, purge) runs on the same thread between batches, at least every
+``TICK_S``, so the core and the store need no further locking.
 """
 
 import asyncio
@@ -38,12 +41,12 @@ class Agent:
         self.registry = registry_module.load(config.agent["registry"], config.supervision)
         self.store = Store(config.agent["data_dir"] / "agent.db")
         self.core = Core(config, self.registry, self.store, clock)
-        self.intake = queue.Queue()
+        self.intake = queue.Queue()  # Receptions from the adapters, and callables: work for the pipeline
         self._rejections = RejectionLog()
         self.metrics = metrics or Metrics()
         self._metrics_server = None
         self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack,
-                             on_monitor=lambda request: self._control.put(lambda: self._monitor(request)), clock=clock)
+                             on_monitor=lambda request: self._call(lambda: self._monitor(request)), clock=clock)
         self.radios = [self._ble(config.ble)] if config.ble["enabled"] else []
         self.advertiser = self._ble_transmitter(config.ble, virtual_air)
         if self.advertiser is not None:
@@ -57,7 +60,6 @@ class Agent:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
                                    config.agent["id"] + "-local", on_state=self._on_device_state,
                                    on_oversize=self._on_oversize)
-        self._control = queue.Queue()  # work from other threads that must run on the pipeline thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._last_purge = 0.0
@@ -109,6 +111,7 @@ class Agent:
 
     def stop(self):
         self._stop.set()
+        self._call(lambda: None)  # wakes the pipeline to see the stop
         if self._adapters is not None:
             self._adapters.stop()
         if self._thread.is_alive():
@@ -128,17 +131,25 @@ class Agent:
 
     def _run(self):
         while not self._stop.is_set():
-            batch = []
+            batch, work = [], []
             try:
-                batch.append(self.intake.get(timeout=TICK_S))
-                while len(batch) < BATCH_MAX:
-                    batch.append(self.intake.get_nowait())
+                item = self.intake.get(timeout=TICK_S)
+                while True:
+                    (work if callable(item) else batch).append(item)
+                    if len(batch) + len(work) >= BATCH_MAX:
+                        break
+                    item = self.intake.get_nowait()
             except queue.Empty:
                 pass
             if batch:
                 self._process(batch)
-            self._run_control()
+            for job in work:
+                job()
             self._periodic()
+
+    def _call(self, job):
+        """Run ``job()`` on the pipeline thread, as soon as it is free (from any thread)."""
+        self.intake.put(job)
 
     def _process(self, batch):
         with self.metrics.batch_seconds.time():
@@ -172,26 +183,18 @@ class Agent:
             "could not advertise %s for wearable %08x: %s", downlink.kind, downlink.device_id, f.exception()))
 
     def _on_center_ack(self, alert_id, status):
-        self._control.put(lambda: self._center_ack(alert_id, status))
+        self._call(lambda: self._center_ack(alert_id, status))
 
     def _on_oversize(self, topic, size):
         self.metrics.frames.labels("mqtt", "-", "oversize").inc()
-        self._control.put(lambda: self._rejections.note_reason(
+        self._call(lambda: self._rejections.note_reason(
             "oversize", "mqtt", "local", "%d-byte payload on %s" % (size, topic)))
 
     def _on_device_state(self, device_id, payload):
         if payload == b"offline":
-            self._control.put(lambda: self._last_will(device_id))
+            self._call(lambda: self._last_will(device_id))
         elif payload == b"online":
-            self._control.put(lambda: self._set_clock(device_id))
-
-    def _run_control(self):
-        while True:
-            try:
-                work = self._control.get_nowait()
-            except queue.Empty:
-                return
-            work()
+            self._call(lambda: self._set_clock(device_id))
 
     def _last_will(self, device_id):
         """The broker published a device's will: its connection died. Report it now rather

@@ -2,6 +2,7 @@
 on a serial line (a pty), and forwards them to the center like any other path."""
 
 import json
+import logging
 import queue
 import os
 import time
@@ -10,14 +11,16 @@ import tty
 import pytest
 
 from ansim_agent import config as config_module
-from ansim_agent.intake import IntakeUnavailable
+from ansim_agent.intake import IntakeUnavailable, Reception
+from ansim_agent.metrics import Metrics
 from ansim_agent.service import Agent
-from ansim_protocol import ble, frames, serial_link
+from ansim_protocol import ble, frames, serial_link, topics
 from ansim_protocol.crypto import DeviceKeys, epoch_of
 from ansim_agent.ble_intake import BleIntake
 from ansim_simulators.ble_radio import ThreadedAir, bleak_backend_for
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import ORIGIN, Street
+from test_core import Clock, make_core
 
 WAIT_S = 10
 
@@ -108,3 +111,50 @@ def test_the_centers_ack_reaches_the_wearable_over_ble(tmp_path, air, mqtt_clien
         assert ack.rid == frames.peek(sos).rid
     finally:
         air.call(listener.stop())
+
+
+def test_the_agent_hearing_its_own_ack_on_the_air_counts_it_as_downlink_and_warns_nobody(
+        tmp_path, air, mqtt_client, caplog):
+    caplog.set_level(logging.INFO, logger="ansim")
+    metrics = Metrics()
+    with MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port,
+                        overrides={"ble": {"enabled": "true", "virtual_air": '"%s"' % air.spec}})
+        view = center_alerts(mqtt_client, center)
+        with Agent(config_module.load(street.config_path), metrics=metrics, virtual_air=air):
+            keys = DeviceKeys(street.wearables[0].key)
+            sos = frames.build_sealed("sos", {"lat": None, "lon": None, "accuracy_m": 0}, keys, 5,
+                                      epoch_of(time.time()))
+            sender = air.call(air.air.add_advertiser(ble.advertisement(sos), interval_ms=50))
+            alert = json.loads(view.next_message(WAIT_S).payload)
+            air.call(sender.stop())
+            view.publish("ansim/center/v1/agents/%s/ack" % street.agent_id,
+                         json.dumps({"alert_id": alert["alert_id"], "status": "received"}))
+            deadline = time.monotonic() + WAIT_S  # the agent's own scanner hears the ack it advertises
+            while not metrics.frames_by_verdict().get("downlink"):
+                assert time.monotonic() < deadline, "the agent never heard its ack: %s" % metrics.frames_by_verdict()
+                time.sleep(0.01)
+    verdicts = metrics.frames_by_verdict()
+    assert set(verdicts) <= {"accepted", "duplicate", "downlink"}, verdicts
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_downlink_frame_is_normal_on_shared_media_and_rejected_on_a_devices_own_topic(tmp_path):
+    street = Street(tmp_path / "street", center_port=1)
+    clock = Clock()
+    core, store = make_core(street, clock)
+    bell, wearable = street.bells[0], street.wearables[0]
+    plain = frames.build_plain("time", {"unix_time": int(clock.now)}, DeviceKeys(bell.key), bell.device_id, 3,
+                               downlink=True)
+    sealed = frames.build_sealed("center_ack", {"acked_counter": 4, "status": "received"},
+                                 DeviceKeys(wearable.key), 2, epoch_of(clock.now), downlink=True)
+    shared = [Reception(sealed, "ble", "hci0", rssi=-70), Reception(plain, "serial", "uart0"),
+              Reception(plain, "mqtt", "local", topic=topics.topic(0x00A0001, topics.UP, scope=topics.RELAY))]
+    own_topic = Reception(plain, "mqtt", "local", topic=topics.topic(bell.device_id, topics.UP))
+    try:
+        outcomes, downlinks = core.process_batch(shared + [own_topic])
+    finally:
+        store.close()
+    assert [(o.verdict, o.detail) for o in outcomes[:3]] == [("downlink", None)] * 3  # nothing to log
+    assert outcomes[3].verdict == "direction" and "uplink topic" in outcomes[3].detail
+    assert downlinks == []

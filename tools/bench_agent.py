@@ -10,10 +10,17 @@ machines are shared and noisy: compare columns, not runs.
 4. memory: RSS of an agent process supervising 10,000 devices.
 5. outage (``--outage N``, off by default: about a minute per 100,000): N alerts raised while
    the center is away wait on disk, then arrive, all and in order per device.
+6. center ack -> bell: from the center publishing its ack to the bell receiving the signed
+   center_ack frame, one at a time with idle gaps; baseline: paho relaying the same message.
+7. BLE advert -> center: from putting a wearable's SOS on the virtual air (bumble) to the
+   center's subscriber receiving the alert; baseline: a bare bleak scanner on the same air
+   whose callback publishes the frame to the center.
 """
 
+import asyncio
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -32,6 +39,8 @@ from ansim_simulators.broker import MosquittoBroker, connect_client
 from ansim_simulators.street import Street
 
 TARGETS = {"p99_added_ms": 3.0, "durable_per_s": 1000, "intake_per_s": 20000, "rss_mb_10k": 150}
+ACKS = 40     # center acks timed one by one (section 6)
+ADVERTS = 30  # SOS advertisements timed one by one (section 7)
 
 
 def say(text):
@@ -54,6 +63,8 @@ def run(args):
         results["memory"] = bench_memory(tmp / "memory", args.devices)
         if args.outage:
             results["outage"] = bench_outage(tmp / "outage", args.outage)
+        results["center_ack"] = bench_center_ack(tmp / "ack", getattr(args, "acks", ACKS))
+        results["ble"] = bench_ble(tmp / "ble", getattr(args, "adverts", ADVERTS))
     verdicts = [
         ("p99 added latency at %d/s" % args.rate, results["latency"]["added_p99_ms"], "<=", TARGETS["p99_added_ms"], "ms"),
         ("durable alerts/s (stored)", results["durable"]["agent_stored_per_s"], ">=", TARGETS["durable_per_s"], "/s"),
@@ -400,3 +411,153 @@ def bench_memory(directory, devices):
         % ("baseline", result["baseline_rss_mb"]))
     say("   %-28s %8.1f MB peak with %d devices supervised" % ("ansim agent", result["agent_rss_mb"], agent["heard"]))
     return result
+
+
+# -- 6. center ack -> device ------------------------------------------------------------------------
+
+def _one_by_one(label, samples_ms):
+    say("   %-28s p50 %7.2f ms   p90 %7.2f ms   max %7.2f ms" % (label, statistics.median(samples_ms),
+                                                                 percentile(samples_ms, 0.9), max(samples_ms)))
+    return {"p50_ms": statistics.median(samples_ms), "p90_ms": percentile(samples_ms, 0.9), "max_ms": max(samples_ms)}
+
+
+def _timed_sends(send, receive, count, seed=7):
+    """``count`` sends one at a time after random idle gaps of 0-100 ms; each sample from just
+    before ``send(i)`` to paho's arrival time of ``receive(i)``. A reply that waits for a periodic
+    timer instead of being woken shows up as most of a period (the sends fall just after it)."""
+    gaps = random.Random(seed)
+    samples = []
+    for i in range(count):
+        time.sleep(gaps.uniform(0.0, 0.1))
+        sent = time.monotonic()
+        send(i)
+        samples.append((receive(i).timestamp - sent) * 1e3)  # paho stamps arrivals with time.monotonic
+    return samples
+
+
+def bench_center_ack(directory, count):
+    say("\n6. center ack -> bell: %d acks one at a time, idle between them" % count)
+    local, center, street = _site(directory)
+    bells = street.bells
+    try:
+        devices = connect_client("127.0.0.1", local.port, client_id="bench-ack-devices")
+        bell_view = connect_client("127.0.0.1", local.port, client_id="bench-ack-bells")
+        for bell in bells:
+            bell_view.subscribe(topics.topic(bell.device_id, topics.DOWN))
+        desk = connect_client("127.0.0.1", center.port, client_id="bench-ack-desk")
+        metrics = Metrics(keep_latencies=True)
+        with Agent(config_module.load(street.config_path), metrics=metrics) as agent:
+            agent.uplink.connected.wait(10)
+            for topic, payload in _presses(street, count):
+                devices.paho.publish(topic, payload, qos=1)
+            _wait(lambda: len(metrics.latencies) >= count, 60, "alerts for the acks")
+            ack_topic = "ansim/center/v1/agents/%s/ack" % street.agent_id
+
+            def ack(i):
+                alert_id = "%s-%d" % (bells[i % len(bells)].hex_id, i // len(bells) + 1)
+                desk.paho.publish(ack_topic, json.dumps({"alert_id": alert_id, "status": "received"}), qos=1)
+            agent_ms = _timed_sends(ack, lambda i: bell_view.next_message(10), count)
+        raw_ms = _raw_ack_relay(local, center, count)
+        for client in (devices, bell_view, desk):
+            client.close()
+    finally:
+        local.stop()
+        center.stop()
+    result = {"acks": count, "raw": _one_by_one("raw paho relay (baseline)", raw_ms),
+              "agent": _one_by_one("ansim agent", agent_ms)}
+    say("   added by the agent at p50: %.2f ms (store the ack, sign the frame, commit)"
+        % (result["agent"]["p50_ms"] - result["raw"]["p50_ms"]))
+    return result
+
+
+def _raw_ack_relay(local, center, count):
+    out = connect_client("127.0.0.1", local.port, client_id="raw-ack-out")
+    inp = connect_client("127.0.0.1", center.port, client_id="raw-ack-in")
+    inp.paho.on_message = lambda c, u, msg: out.paho.publish("raw/bell/down", msg.payload, qos=1)
+    inp.subscribe("raw/ack")
+    bell = connect_client("127.0.0.1", local.port, client_id="raw-ack-bell")
+    bell.subscribe("raw/bell/down")
+    desk = connect_client("127.0.0.1", center.port, client_id="raw-ack-desk")
+    try:
+        return _timed_sends(lambda i: desk.paho.publish("raw/ack", b"ack %d" % i, qos=1),
+                            lambda i: bell.next_message(10), count)
+    finally:
+        for client in (desk, bell, inp, out):
+            client.close()
+
+
+# -- 7. BLE advert -> center ------------------------------------------------------------------------
+
+def bench_ble(directory, count):
+    from ansim_simulators.ble_radio import ThreadedAir
+    say("\n7. BLE advert -> center: %d SOS advertisements on the virtual air, one at a time" % count)
+    air = ThreadedAir()
+    center = MosquittoBroker(workdir=directory / "center").start()
+    try:
+        street = Street(directory / "street", center_port=center.port, bells=0, lights=0, wearables=1,
+                        overrides={"ble": {"enabled": "true", "virtual_air": '"%s"' % air.spec},
+                                   "center": {"escalation_s": "3600"}, "agent": {"log_level": '"warning"'}})
+        wearable = street.wearables[0]
+        keys = DeviceKeys(wearable.key)
+        sos = [frames.build_sealed("sos", {"lat": None, "lon": None, "accuracy_m": 0}, keys, i + 1,
+                                   epoch_of(time.time())) for i in range(count)]
+        view = connect_client("127.0.0.1", center.port, client_id="bench-ble-center")
+        view.subscribe("ansim/center/v1/+/alerts/#")
+        view.subscribe("raw/ble")
+        with Agent(config_module.load(street.config_path)) as agent:
+            agent.uplink.connected.wait(10)
+            wanted = ["%s-%d" % (wearable.hex_id, i + 1) for i in range(count)]
+            agent_ms = _on_air(air, sos, view, lambda msg, i: json.loads(msg.payload)["alert_id"] == wanted[i])
+        raw_ms = _raw_ble_relay(air, center, sos, view)
+        view.close()
+    finally:
+        center.stop()
+        air.close()
+    result = {"adverts": count, "raw": _one_by_one("bleak -> paho (baseline)", raw_ms),
+              "agent": _one_by_one("ansim agent", agent_ms)}
+    say("   added by the agent at p50: %.2f ms (verify, store with fsync, enrich, uplink)"
+        % (result["agent"]["p50_ms"] - result["raw"]["p50_ms"]))
+    return result
+
+
+def _on_air(air, adverts, view, matches):
+    """Advertise each frame until ``view`` gets the message it ``matches``; the advertiser
+    starts right after the sample's start, its first advertising event at once (bumble)."""
+    from ansim_protocol import ble
+    current = {}
+
+    def send(i):
+        current["adv"] = air.call(air.air.add_advertiser(ble.advertisement(adverts[i]), interval_ms=100))
+
+    def receive(i):
+        deadline = time.monotonic() + 10
+        while True:
+            msg = view.next_message(max(0.0, deadline - time.monotonic()))
+            if msg.topic.startswith(("raw/", "ansim/center/v1/jung-gu/alerts/")) and matches(msg, i):
+                air.call(air.air.remove_advertiser(current.pop("adv")))
+                return msg
+    return _timed_sends(send, receive, len(adverts))
+
+
+def _raw_ble_relay(air, center, adverts, view):
+    from bleak import BleakScanner
+    from ansim_protocol.ble import COMPANY_ID
+    from ansim_simulators.ble_radio import bleak_backend_for
+    out = connect_client("127.0.0.1", center.port, client_id="raw-ble-out")
+
+    def heard(device, adv):
+        frame = adv.manufacturer_data.get(COMPANY_ID)
+        if frame is not None:
+            out.paho.publish("raw/ble", frame, qos=1)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="raw-ble", daemon=True)
+    thread.start()
+    scanner = BleakScanner(heard, backend=bleak_backend_for(air.spec))
+    asyncio.run_coroutine_threadsafe(scanner.start(), loop).result(10)
+    try:
+        return _on_air(air, adverts, view, lambda msg, i: msg.payload == adverts[i])
+    finally:
+        asyncio.run_coroutine_threadsafe(scanner.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        out.close()
