@@ -235,14 +235,28 @@ class Core:
         if device is None or status not in frames.ACK_STATUSES.values():
             return []
         fields = {"acked_counter": counter, "status": status}
-        down_counter = self.store.next_down(device.device_id)
         if device.role == "wearable":
-            _, offset = self.resolver.state(device.device_id)
-            frame = frames.build_sealed("center_ack", fields, device.keys, down_counter,
-                                        epoch_of(now) + offset, downlink=True)
-            return [Downlink(device.device_id, frame, "center_ack", via="ble")]
+            return self._to_wearable(device, fields, now)
+        down_counter = self.store.next_down(device.device_id)
         frame = frames.build_plain("center_ack", fields, device.keys, device.device_id, down_counter, downlink=True)
         return [Downlink(device.device_id, frame, "center_ack")]
+
+    def _to_wearable(self, device, fields, now):
+        """The ack as a sealed frame under the rotating id the wearable uses now. A wearable
+        heard a whole epoch or more away from the agent's clock also gets a ``time`` frame
+        (SPEC.md 3.2): it listens only while it waits for its ack, so both go out together,
+        the time with the lower counter, so that hearing the ack first never makes the
+        wearable refuse the time as a replay, nor the other way round."""
+        _, offset = self.resolver.state(device.device_id)
+        epoch = epoch_of(now) + offset
+        downlinks = []
+        if offset:
+            clock = frames.build_sealed("time", {"unix_time": int(now)}, device.keys,
+                                        self.store.next_down(device.device_id), epoch, downlink=True)
+            downlinks.append(Downlink(device.device_id, clock, "time", via="ble"))
+        ack = frames.build_sealed("center_ack", fields, device.keys, self.store.next_down(device.device_id),
+                                  epoch, downlink=True)
+        return downlinks + [Downlink(device.device_id, ack, "center_ack", via="ble")]
 
     def monitor(self, request, now):
         """A walk-home monitoring request from the center: start, update, stop or arrived.

@@ -200,6 +200,23 @@ def test_center_ack_reaches_a_wearable_as_a_sealed_frame_under_its_current_rotat
     assert frame.rid == frames.peek(sos_from(wearable, 13, clock)).rid  # the id the wearable uses now
 
 
+def test_a_wearable_heard_an_epoch_ahead_gets_the_time_with_its_ack(core, street, clock):
+    wearable = street.wearables[0]
+    keys = DeviceKeys(wearable.key)
+    ahead = epoch_of(clock.now) + 1  # its clock runs 10 minutes or more fast
+    sos = frames.build_sealed("sos", {"lat": None, "lon": None, "accuracy_m": 0}, keys, 5, ahead)
+    outcomes, _ = core.process_batch([Reception(sos, "ble", "ble0")])
+    time_frame, ack = core.center_ack(outcomes[0].alert_id, "received", clock.now)
+    assert time_frame.via == ack.via == "ble"
+    set_clock, acked = frames.unpack(time_frame.frame, keys), frames.unpack(ack.frame, keys)
+    assert set_clock.kind == "time" and set_clock.fields == {"unix_time": int(clock.now)}
+    assert acked.kind == "center_ack" and acked.counter > set_clock.counter
+    assert set_clock.rid == acked.rid == frames.peek(sos).rid  # heard where the wearable listens
+    # in step with the agent: the ack alone
+    outcomes, _ = core.process_batch([Reception(sos_from(street.wearables[1], 3, clock), "ble", "ble0")])
+    assert [d.kind for d in core.center_ack(outcomes[0].alert_id, "received", clock.now)] == ["center_ack"]
+
+
 def test_acknowledged_alerts_are_purged_after_retention_and_open_ones_kept(core, street, clock):
     bells = street.bells
     outcomes, _ = core.process_batch([Reception(bell_press(bells[0], 1), "mqtt", "local"),
