@@ -141,9 +141,10 @@ class Core:
 
     def _act(self, device, frame, reception, now, downlinks):
         if frame.kind == "light_state":
+            before = self.light_states.get(device.device_id)
             self.light_states[device.device_id] = frame.fields
-            if frame.fields["faults"] & LAMP_FAULT:
-                return self._alert("lamp_fault", device, frame, reception, now)
+            if frame.fields["faults"] & LAMP_FAULT and not (before and before["faults"] & LAMP_FAULT):
+                return self._alert("lamp_fault", device, frame, reception, now)  # once per fault
             return None
         if frame.kind not in ALERT_TYPES:
             return None

@@ -227,3 +227,16 @@ def test_acknowledged_alerts_are_purged_after_retention_and_open_ones_kept(core,
     assert core.store.purge(clock.now + retention + 1, retention, 600) == 1
     assert core.store.alert(outcomes[0].alert_id) is None
     assert core.store.alert(outcomes[1].alert_id)[1] == "pending"  # never acknowledged: kept
+
+
+def test_a_lamp_fault_raises_one_alert_until_the_lamp_is_repaired(core, street):
+    light = street.lights[0]
+    keys = DeviceKeys(light.key)
+
+    def state(counter, faults, mode="blink"):
+        fields = {"commanded_pct": 100, "actual_pct": 100, "mode": mode, "faults": faults, "last_command": 0}
+        frame = frames.build_plain("light_state", fields, keys, light.device_id, counter)
+        return core.process_batch([Reception(frame, "mqtt", "local")])[0][0].alert_id
+
+    alerts = [state(1, 0), state(2, 1), state(3, 1, "schedule"), state(4, 1), state(5, 0), state(6, 1)]
+    assert alerts == [None, "%s-2" % light.hex_id, None, None, None, "%s-6" % light.hex_id]
