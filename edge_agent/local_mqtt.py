@@ -17,6 +17,7 @@ from ansim_protocol import topics
 from ansim_protocol.errors import FrameError
 
 from .intake import IntakeUnavailable, Reception
+from .mqtt_socket import no_delay
 
 log = logging.getLogger("ansim.agent.local_mqtt")
 
@@ -39,6 +40,7 @@ class LocalMqtt:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_socket_open = no_delay
 
     def start(self):
         props = Properties(PacketTypes.CONNECT)

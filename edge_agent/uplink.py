@@ -18,6 +18,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .mqtt_socket import no_delay
+
 log = logging.getLogger("ansim.agent.uplink")
 
 ROOT = "ansim/center/v1/"
@@ -67,6 +69,7 @@ class Uplink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
+        client.on_socket_open = no_delay
         self.client = client
         self._rewind_to = None  # re-send from here after a reconnect (alerts the broker refused)
         self._connect_failures = 0
