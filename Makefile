@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-slow demo bench-firmware system-packages venv clean
+.PHONY: test test-slow demo bench-firmware vm32 system-packages venv clean
 
 test: venv
 	$(BIN)/pytest -v
@@ -20,6 +20,12 @@ demo: venv
 # Each role's firmware on the virtual board: latency and heap beside baselines (tools/bench_firmware.py).
 bench-firmware: venv
 	$(BIN)/ansim bench firmware
+
+# Optional, not part of test: a 32-bit MicroPython VM in $(VM32) from Debian's source package
+# (apt; about a minute), for the heap in 32-bit words: ANSIM_MICROPYTHON=$(VM32)/micropython.
+VM32 ?= /tmp/ansim-vm32
+vm32:
+	FROZEN=1 sh tools/build_vm32.sh $(VM32)
 
 venv: $(STAMP)
 

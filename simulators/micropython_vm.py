@@ -21,7 +21,10 @@ class MicroPythonMissing(RuntimeError):
 
 
 def binary():
-    """Path of the ``micropython`` executable installed beside this Python."""
+    """Path of the ``micropython`` executable: $ANSIM_MICROPYTHON if set (e.g. a 32-bit build,
+    tools/build_vm32.sh), else the one installed beside this Python."""
+    if os.environ.get("ANSIM_MICROPYTHON"):
+        return os.environ["ANSIM_MICROPYTHON"]
     beside = pathlib.Path(sys.executable).parent / "micropython"
     found = str(beside) if beside.exists() else shutil.which("micropython")
     if not found:

@@ -54,6 +54,10 @@ class BoardError(RuntimeError):
 
 
 def _micropython() -> str:
+    """The VM: $ANSIM_MICROPYTHON if set (e.g. a 32-bit build, tools/build_vm32.sh), else the
+    one installed beside this Python."""
+    if os.environ.get("ANSIM_MICROPYTHON"):
+        return os.environ["ANSIM_MICROPYTHON"]
     beside = Path(sys.executable).parent / "micropython"
     found = str(beside) if beside.exists() else shutil.which("micropython")
     if not found:

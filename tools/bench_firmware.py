@@ -61,6 +61,10 @@ compare columns, not runs.
      HIGH is within it, "MISSED" if (LOW - FAKES_KB) / 2 is over it, else "unproven". The
      estimate (LOW - FAKES_KB) / 2 .. HIGH / 2 uses MicroPython's own factor (the unix
      port's ``-X heapsize=<n>w`` doubles a heap on 64-bit); an estimate, not evidence.
+   - a 32-bit VM: ``make vm32`` (tools/build_vm32.sh) builds the unix port with gcc -m32 from
+     Debian's micropython source; ``ANSIM_MICROPYTHON=<it>`` makes the virtual board run it,
+     and the heap is then read in the ESP32's word size (the header says "32-bit"; the
+     verdicts' halving still assumes 64-bit and is then too lenient on LOW).
    - what the firmware keeps: one more board imports the role's modules one by one and builds
      the role's object, with ``gc.mem_alloc()`` after ``gc.collect()`` each time. A module's
      figure also carries the qstr pool growth it happened to trigger (a few KB either way).
