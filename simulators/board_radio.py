@@ -158,11 +158,10 @@ class BoardRadio:
             return
         if self._listen in self.control.listeners:
             self.control.listeners.remove(self._listen)
-        self._worker.cancel()
-        try:
-            await self._worker
-        except asyncio.CancelledError:
-            pass
+        # not cancel(): bumble swallows a CancelledError in the middle of an HCI command, and
+        # the worker would go on to wait for its next event forever
+        self._events.put_nowait(None)
+        await self._worker
         self._worker = None
         if self._advertiser is not None:
             await self._air.remove_advertiser(self._advertiser)
@@ -190,6 +189,8 @@ class BoardRadio:
     async def _work(self) -> None:
         while True:
             event = await self._events.get()
+            if event is None:
+                return
             self._seen.discard(id(event))
             await self._handle(event)
 

@@ -1,9 +1,11 @@
-"""The wearable firmware on a virtual board, heard by the real edge agent through bleak over the
+"""The wearable firmware, flashed with ansim flash (real mpremote) onto a virtual board, heard by the real edge agent through bleak over the
 virtual BLE radio (bumble), with real mosquitto brokers: an SOS reaches the center as an
 authenticated alert, the center's ack comes back over the air and ends the re-sends, a cancel
 reaches the center, and the BLE address changes together with the rotating id."""
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -51,8 +53,13 @@ def long_press(ctl):
 
 
 class Site:
-    def __init__(self, tmp_path, air, mqtt_client, clock="host"):
+    """Brokers, the agent on a virtual air, a wearable flashed the technician's way (``ansim
+    flash`` through the real mpremote, which also sets its clock) or laid out directly (to
+    keep a ``clock`` given to the board), its radio on the air."""
+
+    def __init__(self, tmp_path, air, mqtt_client, clock="host", mpremote=True):
         self.tmp_path, self.air, self.mqtt_client, self.clock = tmp_path, air, mqtt_client, clock
+        self.mpremote = mpremote
 
     def __enter__(self):
         self.center = MosquittoBroker(workdir=self.tmp_path / "center").__enter__()
@@ -60,16 +67,30 @@ class Site:
                              overrides={"ble": {"enabled": "true", "virtual_air": '"%s"' % self.air.spec}})
         self.wearable = self.street.wearables[0]
         self.keys = DeviceKeys(self.wearable.key)
-        flash(self.tmp_path / "flash", self.wearable)
+        if not self.mpremote:
+            flash(self.tmp_path / "flash", self.wearable)
         self.view = self.mqtt_client(self.center)
         self.view.subscribe("ansim/center/v1/+/alerts/#")
         self.agent = Agent(config_module.load(self.street.config_path), virtual_air=self.air).__enter__()
-        self.board = VirtualBoard(self.tmp_path / "flash", "socket", workdir=self.tmp_path / "vm",
+        self.board = VirtualBoard(self.tmp_path / "flash", "pty", workdir=self.tmp_path / "vm",
                                   clock=self.clock).start()
         self.radio = BoardRadio(self.board, self.air, rssi=RSSI)
         self.radio.start()
+        if self.mpremote:
+            self.board.control.wait_for(timeout=WAIT_S, ev="repl")  # an empty board, at its REPL
+            self._ansim_flash()
         printed(self.board, "wearable: ready")
         return self
+
+    def _ansim_flash(self):
+        site = self.tmp_path / "site"
+        (site / "devices").mkdir(parents=True)
+        (site / "devices" / ("%s.json" % self.wearable.hex_id)).write_text(json.dumps(
+            {"device_id": self.wearable.hex_id, "role": "wearable", "key": self.wearable.key.hex()}))
+        result = subprocess.run([sys.executable, "-m", "ansim_tools.cli", "flash", "--port", self.board.port,
+                                 "--role", "wearable", "--device", self.wearable.hex_id, "--site", str(site)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
 
     def __exit__(self, *exc):
         self.radio.stop()
@@ -137,7 +158,7 @@ def test_a_cancel_reaches_the_center_within_the_window(tmp_path, air, mqtt_clien
 
 def test_the_ble_address_changes_with_the_rotating_id(tmp_path, air, mqtt_client):
     boundary = (epoch_of(time.time()) + 1) * ROTATION_PERIOD_S
-    with Site(tmp_path, air, mqtt_client, clock=boundary - 8) as site:  # 8 s before a new epoch
+    with Site(tmp_path, air, mqtt_client, clock=boundary - 8, mpremote=False) as site:  # 8 s before a new epoch
         ctl = site.board.control
         mark = ctl.mark()
         long_press(ctl)
@@ -163,12 +184,13 @@ def test_the_ble_address_changes_with_the_rotating_id(tmp_path, air, mqtt_client
 
 
 def test_a_wearable_whose_clock_runs_fast_is_set_right_with_its_ack(tmp_path, air, mqtt_client):
-    with Site(tmp_path, air, mqtt_client, clock=time.time() + 700) as site:  # an epoch ahead
+    ahead = ROTATION_PERIOD_S  # exactly one epoch ahead, whatever the phase within an epoch
+    with Site(tmp_path, air, mqtt_client, clock=time.time() + ahead, mpremote=False) as site:
         ctl = site.board.control
         mark = ctl.mark()
         triple_press(ctl)
         _, sos = next_advert(site.board, mark, site.keys)
-        assert sos.rid == rotating_id(site.keys, epoch_of(time.time() + 700))
+        assert sos.rid == rotating_id(site.keys, epoch_of(time.time() + ahead))
         alert = site.alert("sos")
         site.ack(alert["alert_id"], "received")
         printed(site.board, "wearable: clock set", mark)
