@@ -24,7 +24,7 @@ bench-firmware: venv
 # Optional, not part of test: a 32-bit MicroPython VM in $(VM32) from Debian's source package
 # (apt; about a minute), for the heap in 32-bit words: ANSIM_MICROPYTHON=$(VM32)/micropython.
 VM32 ?= /tmp/ansim-vm32
-vm32:
+vm32: venv
 	FROZEN=1 sh tools/build_vm32.sh $(VM32)
 
 venv: $(STAMP)

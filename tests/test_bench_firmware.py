@@ -53,3 +53,12 @@ def test_verdicts_follow_the_32_bit_bounds():
     assert bench_firmware.verdict(2 * 48 + fakes + 1, 200.0, 48) == "MISSED"  # half the lower bound is over
     assert bench_firmware.verdict(2 * 48 + fakes, 200.0, 48) == "unproven"
     assert bench_firmware.verdict(70.0, 110.0, 48) == "unproven"
+
+
+def test_heap_verdicts_bound_an_esp32_from_a_64_bit_vm_and_read_a_32_bit_vm_as_is():
+    from ansim_tools.bench_firmware import verdict
+    assert verdict(50.2, 106.4, 24, bits=64) == "MISSED"  # even half of it is over
+    assert verdict(45.0, 96.1, 48, bits=64) == "unproven"
+    assert verdict(33.7, 89.1, 24, bits=32) == "MISSED"  # no halving in 32-bit words
+    assert verdict(45.0, 96.1, 48, bits=32) == "unproven"
+    assert verdict(20.9, 40.6, 48, bits=32) == "met"

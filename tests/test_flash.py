@@ -98,6 +98,35 @@ def test_mistakes_give_one_clear_line(tmp_path, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_frozen_needs_an_image_with_the_code_and_leaves_a_board_without_it_untouched(tmp_path):
+    Site(tmp_path / "site").add("streetlight", 1, [37.5, 127.0], None, None)
+    cli = [sys.executable, "-m", "ansim_tools.cli", "flash", "--site", str(tmp_path / "site"), "--role",
+           "streetlight", "--device", LIGHT]
+    with VirtualBoard(tmp_path / "board") as board:
+        board.control.wait_for(lambda e: e.get("ev") == "repl", timeout=10)
+        dry = subprocess.run(cli + ["--port", board.port, "--frozen", "--dry-run"], capture_output=True, text=True,
+                             timeout=120)
+        assert dry.returncode == 0 and "dry run: 2 of 2 files would be copied" in dry.stdout, dry.stderr
+        assert subprocess.run(cli + ["--port", board.port], capture_output=True, text=True, timeout=120).returncode == 0
+        before = sorted(p.relative_to(board.board_dir) for p in board.board_dir.rglob("*.py"))
+        board.control.wait_for(ev="run", file="main.py", timeout=10)  # rebooted into it
+        result = subprocess.run(cli + ["--port", board.port, "--frozen"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "no ansim code frozen in its firmware image" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert sorted(p.relative_to(board.board_dir) for p in board.board_dir.rglob("*.py")) == before
+
+
+def test_freeze_stages_the_device_code_as_a_manifest(tmp_path):
+    from ansim_tools import freeze
+    manifest = freeze.stage(tmp_path / "frozen")
+    text = manifest.read_text()
+    assert 'include("$(PORT_DIR)/boards/manifest.py")' in text
+    assert 'package("ansim_protocol", base_path="modules")' in text and 'module("wearable.py"' in text
+    staged = tmp_path / "frozen" / "modules"
+    assert (staged / "ansim_protocol" / "frames.py").read_bytes() == (flash.REPO / "protocol" / "frames.py").read_bytes()
+    assert (staged / "ansim_device" / "beacon.py").exists() and (staged / "bell.py").exists()
+
+
 def test_no_board_at_the_port_says_what_to_check():
     with pytest.raises(flash.FlashError, match="no device answers at /dev/ttyNOPE9.*mpremote connect list"):
         flash.board_hashes("/dev/ttyNOPE9", ["main.py"])

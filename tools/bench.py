@@ -19,6 +19,8 @@ def add_parser(subparsers):
                    help="firmware: step of the smallest-heap search (default 1 KB)")
     p.add_argument("--no-heap", action="store_true", help="firmware: latency only")
     p.add_argument("--mpy", action="store_true", help="firmware: modules precompiled, as ansim flash --mpy")
+    p.add_argument("--frozen", action="store_true",
+                   help="firmware: modules frozen in the VM image (make vm32's micropython-frozen), as ansim flash --frozen")
     p.add_argument("--json", help="also write the results to this file")
     p.set_defaults(run=run)
 

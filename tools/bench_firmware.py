@@ -63,8 +63,12 @@ compare columns, not runs.
      port's ``-X heapsize=<n>w`` doubles a heap on 64-bit); an estimate, not evidence.
    - a 32-bit VM: ``make vm32`` (tools/build_vm32.sh) builds the unix port with gcc -m32 from
      Debian's micropython source; ``ANSIM_MICROPYTHON=<it>`` makes the virtual board run it,
-     and the heap is then read in the ESP32's word size (the header says "32-bit"; the
-     verdicts' halving still assumes 64-bit and is then too lenient on LOW).
+     and the heap is then read in the ESP32's word size (the header says "32-bit"): the
+     bounds are then LOW - FAKES_KB .. HIGH themselves, no halving.
+   - frozen: ``--frozen`` with a VM that has the firmware frozen in (``make vm32`` builds
+     ``micropython-frozen``; firmware/manifest.py is the same list for an ESP32 image) flashes
+     only main.py and config.json: module code then stays in the image, not in the heap, as
+     on a board whose firmware image holds it.
    - what the firmware keeps: one more board imports the role's modules one by one and builds
      the role's object, with ``gc.mem_alloc()`` after ``gc.collect()`` each time. A module's
      figure also carries the qstr pool growth it happened to trigger (a few KB either way).
@@ -378,6 +382,7 @@ class Role:
         self.base_topic = "ansim/bench/baseline/" + self.name
         self.down_counter = 0
         self.mpy_dir = None  # set: flash modules precompiled there (ansim flash --mpy)
+        self.frozen = False  # set: the VM image holds the modules; flash main.py only (ansim flash --frozen)
         self._plan = None
 
     def config(self, port, heartbeat_s):
@@ -388,7 +393,7 @@ class Role:
     def plan(self):
         """What ``ansim flash`` puts on the board (with ``--mpy``: precompiled modules)."""
         if self._plan is None:
-            self._plan = firmware_files(self.name)
+            self._plan = firmware_files(self.name, frozen=self.frozen)
             if self.mpy_dir is not None:
                 self.mpy_dir.mkdir(parents=True, exist_ok=True)
                 self._plan = precompile(self._plan, self.mpy_dir)
@@ -736,11 +741,17 @@ def breakdown(role, rig, tmp):
     return [tuple(x) for x in json.loads(e["text"].split("BREAKDOWN ", 1)[1])]
 
 
-def verdict(low_kb, high_kb, target_kb):
-    """A 32-bit port needs between half and all of the 64-bit figure (module docstring)."""
-    if high_kb <= target_kb:
+def range_32bit(low_kb, high_kb, bits):
+    """What an ESP32 needs, bounded from the VM's figures: on a 64-bit VM between half and all
+    of them, on a 32-bit VM the figures themselves (module docstring)."""
+    return [(low_kb - FAKES_KB) / (2 if bits == 64 else 1), high_kb]
+
+
+def verdict(low_kb, high_kb, target_kb, bits=64):
+    lowest, highest = range_32bit(low_kb, high_kb, bits)
+    if highest <= target_kb:
         return "met"
-    if (low_kb - FAKES_KB) / 2 > target_kb:
+    if lowest > target_kb:
         return "MISSED"
     return "unproven"
 
@@ -751,7 +762,9 @@ def vm_info():
     out = subprocess.run([micropython_binary(), "-c", "import sys; print(sys.maxsize > 1 << 32, "
                           "'.'.join(str(v) for v in sys.implementation.version[:3]))"],
                          capture_output=True, text=True, timeout=30).stdout.split()
-    return {"bits": 64 if out[0] == "True" else 32, "version": out[1]}
+    frozen = subprocess.run([micropython_binary(), "-c", "import ansim_protocol.frames, ansim_device.clock"],
+                            capture_output=True, text=True, timeout=30, env=dict(os.environ, MICROPYPATH=".frozen"))
+    return {"bits": 64 if out[0] == "True" else 32, "version": out[1], "frozen": frozen.returncode == 0}
 
 
 def run(args):
@@ -771,7 +784,12 @@ def run(args):
     if not roles:
         return 2
     vm = vm_info()
-    results = {"vm": vm, "runs": args.runs, "mpy": bool(args.mpy), "roles": {}, "missing": missing}
+    if args.frozen and not vm["frozen"]:
+        say("ansim bench firmware: --frozen needs a VM with the firmware frozen in (make vm32, then "
+            "ANSIM_MICROPYTHON=/tmp/ansim-vm32/micropython-frozen); %s has none" % micropython_binary())
+        return 2
+    results = {"vm": vm, "runs": args.runs, "mpy": bool(args.mpy), "frozen": bool(args.frozen), "roles": {},
+               "missing": missing}
     say("ansim bench firmware (%d cores, MicroPython %s unix VM, %d-bit; %d runs per role)"
         % (os.cpu_count(), vm["version"], vm["bits"], args.runs))
     with tempfile.TemporaryDirectory(prefix="ansim-bench-fw-") as tmp:
@@ -779,8 +797,9 @@ def run(args):
         rig = Rig(tmp)
         try:
             objects = {r: ROLE_CLASSES[r]() for r in roles}
-            if args.mpy:
-                for r in roles:
+            for r in roles:
+                objects[r].frozen = bool(args.frozen)
+                if args.mpy:
                     objects[r].mpy_dir = tmp / ("mpy-" + r)
             say("\n1. latency on the virtual board (host monotonic clock: command sent -> event received)")
             for r in roles:
@@ -800,7 +819,8 @@ def run(args):
 
 def _heap_section(objects, roles, rig, tmp, resolution, results):
     say("\n2. heap on the virtual board, KB of the %d-bit VM's heap%s"
-        % (results["vm"]["bits"], " (modules precompiled, ansim flash --mpy)" if results["mpy"] else
+        % (results["vm"]["bits"], " (modules frozen in the VM image, ansim flash --frozen)" if results["frozen"] else
+           " (modules precompiled, ansim flash --mpy)" if results["mpy"] else
            " (modules as .py, as ansim flash copies them by default)"))
     say("   scenario: boot, online, one cycle of 1., a heartbeat. live: gc.mem_alloc() after gc.collect() at every")
     say("   wait point; smallest: the smallest -X heapsize that runs the scenario (bisection, %d KB steps)"
@@ -812,18 +832,24 @@ def _heap_section(objects, roles, rig, tmp, resolution, results):
     for r in roles:
         h = heap_for(objects[r], rig, tmp / ("heap-" + r), resolution)
         low, high = firmware_share(h, empty)
-        h.update(share_kb=[low, high], range_32bit_kb=[(low - FAKES_KB) / 2, high],
-                 estimate_32bit_kb=[(low - FAKES_KB) / 2, high / 2],
-                 target_kb=HEAP_TARGETS_KB[r], verdict=verdict(low, high, HEAP_TARGETS_KB[r]))
+        bits = results["vm"]["bits"]
+        estimate = [low - FAKES_KB, high] if bits == 32 else [(low - FAKES_KB) / 2, high / 2]
+        h.update(share_kb=[low, high], range_32bit_kb=range_32bit(low, high, bits), estimate_32bit_kb=estimate,
+                 target_kb=HEAP_TARGETS_KB[r], verdict=verdict(low, high, HEAP_TARGETS_KB[r], bits))
         results["roles"][r]["heap"] = h
         say("     %-24s live %6.1f   smallest %4d%s   firmware's share %.1f .. %.1f"
             % (r + " firmware", h["live_peak_kb"], h["smallest_heap_kb"], "" if h["confirmed"] else " (flaky)",
                low, high))
     say("   firmware's share: from its live peak minus the empty board's, to its smallest heap minus what the")
-    say("   board always holds (%.1f KB). A 32-bit ESP32 needs between half (less %.0f KB of the fakes' state)"
-        % (empty["live_lowest_kb"] - empty["probe_kb"], FAKES_KB))
-    say("   and all of it; halving is an estimate")
-    say("\n3. what the firmware keeps, KB (64-bit; gc.mem_alloc() after gc.collect() around each import)")
+    if results["vm"]["bits"] == 32:
+        say("   board always holds (%.1f KB), in 32-bit words as on an ESP32 (less %.0f KB of the fakes' state)"
+            % (empty["live_lowest_kb"] - empty["probe_kb"], FAKES_KB))
+    else:
+        say("   board always holds (%.1f KB). A 32-bit ESP32 needs between half (less %.0f KB of the fakes' state)"
+            % (empty["live_lowest_kb"] - empty["probe_kb"], FAKES_KB))
+        say("   and all of it; halving is an estimate")
+    say("\n3. what the firmware keeps, KB (%d-bit; gc.mem_alloc() after gc.collect() around each import)"
+        % results["vm"]["bits"])
     for r in roles:
         parts = breakdown(objects[r], rig, tmp / ("breakdown-" + r))
         results["roles"][r]["breakdown"] = parts

@@ -6,8 +6,8 @@
 #   tools/build_vm32.sh [BUILD_DIR]          (default /tmp/ansim-vm32; make vm32 runs this)
 #   ANSIM_MICROPYTHON=BUILD_DIR/micropython .venv/bin/ansim bench firmware
 #
-# FROZEN=1 also builds BUILD_DIR/micropython-frozen, with the role modules, ansim_device and
-# the protocol (as ansim_protocol) frozen in, as a firmware image would hold them.
+# FROZEN=1 also builds BUILD_DIR/micropython-frozen, with the device code frozen in through the
+# manifest `ansim freeze` makes (as an ESP32 image built with it holds the code).
 # SUITE picks the Debian release whose source is used (default trixie: a stable release, so
 # the version does not move; sid has a newer one).
 set -eu
@@ -46,24 +46,9 @@ make -s -C "$MP/ports/unix" -j"$JOBS" BUILD=build-32 $FLAGS FROZEN_MANIFEST="$OU
 cp "$MP/ports/unix/build-32/micropython" "$OUT/micropython"
 
 if [ "${FROZEN:-0}" = 1 ]; then
-    F="$OUT/frozen-src"
-    rm -rf "$F" && mkdir -p "$F/ansim_protocol"
-    cp -r "$REPO/firmware/ansim_device" "$F/"
-    cp "$REPO"/protocol/*.py "$F/ansim_protocol/"
-    roles=""
-    for role in "$REPO"/firmware/*.py; do
-        name=$(basename "$role")
-        [ "$name" = main.py ] && continue
-        cp "$role" "$F/"
-        roles="$roles\"$name\", "
-    done
-    cat > "$OUT/manifest-frozen.py" <<EOF
-include("\$(MPY_DIR)/extmod/asyncio")
-freeze("$F", ($roles))
-package("ansim_device", base_path="$F")
-package("ansim_protocol", base_path="$F")
-EOF
-    make -s -C "$MP/ports/unix" -j"$JOBS" BUILD=build-32f $FLAGS FROZEN_MANIFEST="$OUT/manifest-frozen.py" >/dev/null
+    # the manifest `ansim freeze` makes for an ESP32 image, with the unix port's asyncio
+    "$REPO/.venv/bin/ansim" freeze --out "$OUT/frozen" --include '$(MPY_DIR)/extmod/asyncio' >/dev/null
+    make -s -C "$MP/ports/unix" -j"$JOBS" BUILD=build-32f $FLAGS FROZEN_MANIFEST="$OUT/frozen/manifest.py" >/dev/null
     cp "$MP/ports/unix/build-32f/micropython" "$OUT/micropython-frozen"
 fi
 

@@ -32,15 +32,21 @@ def add_parser(subparsers):
     p.add_argument("--site", default=".", help="the site directory of `ansim provision` (default: here)")
     p.add_argument("--dry-run", action="store_true", help="list what would change; copy nothing")
     p.add_argument("--mpy", action="store_true", help="precompile modules with mpy-cross (smaller, faster boot)")
+    p.add_argument("--frozen", action="store_true",
+                   help="the board's firmware image has the device code frozen in (`ansim freeze`): copy only "
+                        "main.py and config.json")
     p.set_defaults(run=run)
 
 
 def run(args):
     try:
-        plan = files_for(args.role, pathlib.Path(args.site), args.device)
+        plan = files_for(args.role, pathlib.Path(args.site), args.device, frozen=args.frozen)
         with tempfile.TemporaryDirectory(prefix="ansim-flash-") as tmp:
             if args.mpy:
                 plan = precompile(plan, pathlib.Path(tmp))
+            if args.frozen and not args.dry_run:
+                check_frozen(args.port, args.role)
+                remove_copies(args.port, args.role)
             flash(args.port, plan, args.dry_run)
     except FlashError as err:
         print("ansim flash: %s" % err, file=sys.stderr)
@@ -48,7 +54,7 @@ def run(args):
     return 0
 
 
-def files_for(role, site, device_id, firmware=REPO / "firmware"):
+def files_for(role, site, device_id, firmware=REPO / "firmware", frozen=False):
     """{board path: local path} for one device."""
     config_path = site / "devices" / ("%s.json" % device_id)
     if not config_path.exists():
@@ -57,17 +63,20 @@ def files_for(role, site, device_id, firmware=REPO / "firmware"):
     config = json.loads(config_path.read_text())
     if config.get("role") != role:
         raise FlashError("device %s is a %s, not a %s: check --role or --device" % (device_id, config.get("role"), role))
-    plan = firmware_files(role, firmware)
+    plan = firmware_files(role, firmware, frozen)
     plan["config.json"] = config_path
     return plan
 
 
-def firmware_files(role, firmware=REPO / "firmware"):
+def firmware_files(role, firmware=REPO / "firmware", frozen=False):
     """{board path: local path} of a role's code: main.py and the role at the root, the device
-    core and the protocol package under lib/."""
+    core and the protocol package under lib/; only main.py if the code is ``frozen`` into the
+    board's image."""
     role_module = firmware / ("%s.py" % role)
     if not role_module.exists():
         raise FlashError("there is no firmware for the %s role yet (%s is missing)" % (role, role_module))
+    if frozen:
+        return {"main.py": firmware / "main.py"}
     plan = {"main.py": firmware / "main.py", "%s.py" % role: role_module}
     for package, source in (("ansim_device", firmware / "ansim_device"), ("ansim_protocol", REPO / "protocol")):
         for path in sorted(source.glob("*.py")):
@@ -147,6 +156,45 @@ def mpremote(port, *commands):
         raise FlashError("no device answers at %s (%s): check the cable and the port (`mpremote connect list`)"
                          % (port, detail[-1] if detail else "mpremote failed"))
     return result.stdout
+
+
+REMOVE_SCRIPT = """
+import os
+def remove(path):
+    try:
+        if os.stat(path)[0] & 0x4000:
+            for name in os.listdir(path):
+                remove(path + '/' + name)
+            os.rmdir(path)
+        else:
+            os.remove(path)
+        print('removed', path)
+    except OSError:
+        pass
+for p in %r:
+    remove(p)
+"""
+
+
+def remove_copies(port, role):
+    """Files from an earlier flash would shadow the frozen code ('' and /lib come before and
+    after .frozen in sys.path; the role module at the root wins): remove them."""
+    out = mpremote(port, "exec", REMOVE_SCRIPT % (["/%s.py" % role, "/%s.mpy" % role, "/lib/ansim_device",
+                                                    "/lib/ansim_protocol"],))
+    for line in out.splitlines():
+        if line.startswith("removed "):
+            print("removed   :%s (the image's frozen code replaces it)" % line.split(" ", 1)[1].lstrip("/"))
+
+
+def check_frozen(port, role):
+    """The board's image must hold the code that --frozen leaves out (imported from .frozen
+    alone, so files on the board cannot pass for it)."""
+    try:
+        mpremote(port, "exec", "import sys\nkept = sys.path[:]\nsys.path[:] = ['.frozen']\ntry:\n"
+                 "    import ansim_protocol.frames, ansim_device.clock, %s\nfinally:\n    sys.path[:] = kept" % role)
+    except FlashError:
+        raise FlashError("the board at %s has no ansim code frozen in its firmware image: flash an image built "
+                         "with `ansim freeze`'s manifest, or flash without --frozen" % port) from None
 
 
 def board_hashes(port, targets):
