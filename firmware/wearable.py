@@ -9,10 +9,12 @@ edge agents nearby.
   ``DEBOUNCE_MS`` released.
 - SOS: a press held ``LONG_MS`` (1 s), or the third of three presses within ``TRIPLE_MS``
   (1.5 s). The first advertisement goes out at once, then a burst of ``BURST_MS`` (3 s) at
-  ``BURST_INTERVAL_MS`` (30 ms); then ``RESEND_MS`` (1 s) of advertising at the end of every ``resend_every_s``
-  (10 s) until the center's ack arrives or ``sos_timeout_s`` (default 120) passes. The same
-  frame is sent all along (the agent deduplicates it); the radio scans for the ack meanwhile.
-  Another SOS gesture while one is running restarts the burst.
+  ``BURST_INTERVAL_MS`` (30 ms); then ``RESEND_MS`` (1 s) of advertising at the end of every
+  ``resend_every_s`` (10 s) until the center's ack arrives or ``sos_timeout_s`` (120) passes.
+  The same frame is sent all along (the agent deduplicates it); the radio scans for the ack
+  meanwhile. Another SOS gesture while one is running restarts the burst. Intervals under
+  100 ms need a Bluetooth 5 controller (ESP32-C3/S3); a Bluetooth 4.2 one (the first ESP32)
+  may refuse them for non-connectable advertising.
 - Cancel: a second long press within ``CANCEL_MS`` (5 s) of the SOS sends ``cancel`` (a burst)
   and stops the re-sends.
 - Test mode (the button held while the wearable starts, or ``"test_mode": true``): gestures send
@@ -30,7 +32,7 @@ edge agents nearby.
 - Clock: epochs come from the RTC in Unix time (``ansim flash`` sets it; ``time`` frames from
   the agent correct it). The last epoch used is kept in flash: after power loss the clock
   restarts from there, so the agent, which expects the next epochs, still recognises it.
-- A ``machine.WDT`` (``watchdog_s``, 30) resets a hung wearable.
+- A ``machine.WDT`` (``watchdog_s``, 30; 0: none) resets a hung wearable.
 """
 
 import time
@@ -110,8 +112,8 @@ class Wearable:
         self.resend_every_ms = max(2, int(config.get("resend_every_s", 10))) * 1000
         self.heartbeat_ms = int(config.get("heartbeat_s", 21600)) * 1000
         watchdog_ms = int(config.get("watchdog_s", 30)) * 1000
-        self.nap_max_ms = watchdog_ms // 2
-        self.wdt = machine.WDT(timeout=watchdog_ms)
+        self.nap_max_ms = watchdog_ms // 2 if watchdog_ms else self.heartbeat_ms
+        self.wdt = machine.WDT(timeout=watchdog_ms) if watchdog_ms else None
         self.battery = None
         if config.get("battery_pin") is not None:
             self.battery = machine.ADC(Pin(int(config["battery_pin"])))
@@ -309,10 +311,14 @@ class Wearable:
             ms = min(ms, POLL_MS)
         else:
             esp32.wake_on_ext0(self.button, esp32.WAKEUP_ALL_LOW)
-        self.wdt.feed()
+        self.feed()
         machine.lightsleep(ms)
         if machine.wake_reason() == EXT0_WAKE:
             self.fell = True  # the press that woke us may be over already: it counts
+
+    def feed(self):
+        if self.wdt is not None:
+            self.wdt.feed()
 
     def start(self):
         """Test mode if the button is held while starting; a short buzz says the wearable is on."""
@@ -329,7 +335,7 @@ class Wearable:
     def run(self):
         self.start()
         while True:
-            self.wdt.feed()
+            self.feed()
             now = time.ticks_ms()
             self.poll_button(now)
             self.handle_downlink()

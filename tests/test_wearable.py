@@ -258,3 +258,17 @@ def test_a_time_frame_heard_while_waiting_for_the_ack_sets_the_clock(wearable, t
             ctl.wait_for(lambda e: abs(e["offset"] - 3600) < 5, timeout=WAIT_S, since=mark, ev="rtc")
     finally:
         air.close()
+
+
+def test_a_hung_wearable_is_reset_by_its_watchdog(wearable):
+    board = wearable(watchdog_s=1)
+    ctl = board.control
+    idle = ctl.mark()
+    ctl.wait_for(timeout=WAIT_S, since=idle, ev="sleep")
+    with pytest.raises(TimeoutError):  # fed, also around its naps: no reset while it runs
+        ctl.wait_for(timeout=2.5, since=idle, ev="wdt")
+    mark = ctl.mark()
+    board.freeze(1.5)  # stuck longer than the watchdog's 1 s
+    ctl.wait_for(timeout=WAIT_S, since=mark, ev="wdt")
+    assert ctl.wait_for(timeout=WAIT_S, since=mark, ev="hello")["cause"] == 3  # WDT_RESET
+    ready(board, mark)
