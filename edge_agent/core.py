@@ -143,6 +143,7 @@ class Core:
         if frame.kind == "light_state":
             before = self.light_states.get(device.device_id)
             self.light_states[device.device_id] = frame.fields
+            self.store.down_at_least(device.device_id, frame.fields["last_command"])
             if frame.fields["faults"] & LAMP_FAULT and not (before and before["faults"] & LAMP_FAULT):
                 return self._alert("lamp_fault", device, frame, reception, now)  # once per fault
             return None

@@ -132,6 +132,14 @@ class Store:
                              (device_id, value)))
         return value
 
+    def down_at_least(self, device_id, value):
+        """Never send ``device_id`` a counter at or below ``value`` (what it says it accepted:
+        an agent that lost its database resumes above it, SPEC.md section 5). Staged."""
+        if value > self._down.get(device_id, 0):
+            self._down[device_id] = value
+            self._staged.append(("INSERT INTO counters VALUES (?, 'down', ?) ON CONFLICT DO UPDATE "
+                                 "SET value=max(value, excluded.value)", (device_id, value)))
+
     def next_session(self):
         """A new uplink session sequence number (birth/death certificates), never reused."""
         with self._lock:

@@ -240,3 +240,13 @@ def test_a_lamp_fault_raises_one_alert_until_the_lamp_is_repaired(core, street):
 
     alerts = [state(1, 0), state(2, 1), state(3, 1, "schedule"), state(4, 1), state(5, 0), state(6, 1)]
     assert alerts == [None, "%s-2" % light.hex_id, None, None, None, "%s-6" % light.hex_id]
+
+
+def test_an_agent_that_lost_its_database_resumes_its_commands_above_what_the_light_accepted(core, street, clock):
+    light = street.lights[0]
+    keys = DeviceKeys(light.key)
+    state = {"commanded_pct": 60, "actual_pct": 60, "mode": "schedule", "faults": 0, "last_command": 5000}
+    core.process_batch([Reception(frames.build_plain("light_state", state, keys, light.device_id, 1), "mqtt", "local")])
+    command = frames.unpack(core.light_command(core.registry.get(light.device_id), "blink", 100, 60, clock.now).frame,
+                            keys)
+    assert command.counter == 5001  # a fresh database would have said 1, which the light refuses as a replay
