@@ -3,7 +3,6 @@ located alert, the lights around it blink, the center's ack reaches the bell, it
 restores the lights, and unacknowledged alerts escalate to the citywide center."""
 
 import json
-import time
 
 import pytest
 
@@ -11,6 +10,7 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
+from ansim_simulators import waits
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import Street
 from test_alert_schema import VALIDATOR
@@ -26,12 +26,8 @@ def site(tmp_path):
         yield street, local, center
 
 
-def wait_until(predicate, timeout=WAIT_S):
-    """Poll an observable condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met within %s s" % timeout
-        time.sleep(0.01)
+def wait_until(predicate, timeout=WAIT_S, what="condition"):
+    return waits.until(predicate, timeout, what)
 
 
 def press(bell, counter):

@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -17,6 +16,7 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
+from ansim_simulators import waits
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import Street
 
@@ -40,14 +40,7 @@ def site(tmp_path):
 
 
 def wait_until(predicate, timeout=WAIT_S, what="condition"):
-    """Poll an observable condition until it holds (returning its value) or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "%s not met within %s s" % (what, timeout)
-        time.sleep(0.02)
+    return waits.until(predicate, timeout, what)
 
 
 def scrape(url):

@@ -17,6 +17,7 @@ from ansim_agent.service import Agent
 from ansim_protocol import ble, frames, serial_link, topics
 from ansim_protocol.crypto import DeviceKeys, epoch_of
 from ansim_agent.ble_intake import BleIntake
+from ansim_simulators import waits
 from ansim_simulators.ble_radio import ThreadedAir, bleak_backend_for
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import ORIGIN, Street
@@ -130,10 +131,8 @@ def test_the_agent_hearing_its_own_ack_on_the_air_counts_it_as_downlink_and_warn
             air.call(sender.stop())
             view.publish("ansim/center/v1/agents/%s/ack" % street.agent_id,
                          json.dumps({"alert_id": alert["alert_id"], "status": "received"}))
-            deadline = time.monotonic() + WAIT_S  # the agent's own scanner hears the ack it advertises
-            while not metrics.frames_by_verdict().get("downlink"):
-                assert time.monotonic() < deadline, "the agent never heard its ack: %s" % metrics.frames_by_verdict()
-                time.sleep(0.01)
+            # the agent's own scanner hears the ack it advertises
+            waits.until(lambda: metrics.frames_by_verdict().get("downlink"), WAIT_S, "the agent hearing its own ack")
     verdicts = metrics.frames_by_verdict()
     assert set(verdicts) <= {"accepted", "duplicate", "downlink"}, verdicts
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
