@@ -5,7 +5,6 @@ clock (``time`` frames), heartbeats.
 
 import asyncio
 import gc
-import os
 import time
 
 from ansim_device import clock
@@ -14,13 +13,6 @@ from ansim_device.mqtt import MQTTClient
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
-
-
-def _mkdir(path):
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass  # exists
 
 
 class DeviceLink:
@@ -38,7 +30,6 @@ class DeviceLink:
         self.heartbeat_s = int(config.get("heartbeat_s", 30))
         self.faults = 0
         self.started = time.ticks_ms()
-        _mkdir("/state")
         self.uplink = PersistentCounter("/state/up")
         self.guard = ReplayGuard(guard_file)
         self._on_frame, self._on_connect, self._on_disconnect = on_frame, on_connect, on_disconnect
