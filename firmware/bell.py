@@ -14,8 +14,9 @@
   written to the voice module on UART ``config["voice"]`` (default UART 1, 9600 baud, tx 17,
   rx 16: the ESP32's UART1 default pins are the flash's, so they are always given). The text
   goes out as one UTF-8 line; a module that wants another framing needs its own writer.
-  A press that cannot be sent (broker down) is kept and sent when the link is back; the
-  location is the bell's registered one at the agent, nothing is sent for it. Every uplink
+  A press that cannot be sent (broker down) is kept and sent when the link is back, also
+  after a power cut: presses and tamper changes wait in flash too (``SavedFrames``), and go
+  first after the next boot; the location is the bell's registered one at the agent, nothing is sent for it. Every uplink
   frame (presses, tamper, heartbeats) leaves through one outbox in counter order, one at a
   time until its PUBACK: the agent refuses a counter below one it has accepted, so a frame
   that overtook an older one would make the older one a "replay".
@@ -39,9 +40,11 @@ import time
 
 import machine
 from ansim_device.link import DeviceLink
+from ansim_device.saved import SavedFrames
 
 POLL_MS, DEBOUNCE_MS = 10, 50
 PENDING_MAX = 16  # frames kept in the outbox while the broker is away
+KEPT = ("bell_press", "tamper")  # outbox frames also kept in flash, through a power cut
 CALLING = "긴급신고가 접수되었습니다. 경찰관을 연결 중입니다"
 CONNECTED = "경찰관이 연결되었습니다"
 IDLE, ALARM, CONFIRMED = "idle", "alarm", "confirmed"
@@ -70,7 +73,10 @@ class Bell:
         self.sounding = False
         self.alarm_since = self.siren_since = 0
         self.presses = []  # counters of this alarm's bell_press frames
-        self.outbox = []  # (kind, frame) in counter order, not yet acknowledged by the broker
+        self.saved = SavedFrames("/state/outbox")
+        self.outbox = self.saved.load()  # (kind, frame) in counter order, not yet acknowledged by the broker
+        if self.outbox:
+            print("bell: %d frames from before the power went still to send" % len(self.outbox))
         self.more = asyncio.Event()  # something was put in the outbox, or the link came up
         self.link = DeviceLink(config, "bell", "center_ack", "/state/ack", self.on_ack,
                                on_connect=self.more.set, on_disconnect=lambda: print("bell: broker lost"))
@@ -110,7 +116,12 @@ class Bell:
         counter, frame = self.link.frame(kind, fields)
         self.outbox.append((kind, frame))
         self.more.set()
+        if kind in KEPT:
+            self._save()
         return counter
+
+    def _save(self):
+        self.saved.save([entry for entry in self.outbox if entry[0] in KEPT])
 
     async def send(self, kind, fields):
         """``DeviceLink.send`` for the link's own frames (heartbeats): through the outbox, and
@@ -129,6 +140,8 @@ class Bell:
                 try:
                     await self.link.publish(frame)
                     self.outbox.pop(0)
+                    if kind in KEPT:
+                        self._save()
                 except Exception as e:  # noqa: B902 (the link loop notices and reconnects)
                     print("bell: %s not sent yet: %r" % (kind, e))
                     await asyncio.sleep_ms(200)

@@ -114,6 +114,11 @@ def test_files_copy_hash_list_mkdir_and_recursive_copy(board, tmp_path):
     listing = mpremote(board, "fs", "ls", ":lib/pkg")
     assert "a.py" in listing and "sub/" in listing
     assert mpremote(board, "exec", "import pkg.a; print(pkg.a.A)").strip() == "1"
+    # a file replaced atomically, by absolute paths and from another directory, as firmware does
+    mpremote(board, "exec", "import os; open('/lib/x.new', 'w').write('v2'); os.chdir('/lib'); "
+                            "os.rename('/lib/x.new', 'x'); os.chdir('/')")
+    assert mpremote(board, "fs", "cat", ":lib/x").strip() == "v2"
+    assert "x.new" not in mpremote(board, "fs", "ls", ":lib")
 
 
 @pytest.mark.parametrize("firmware", [BUTTON_MAIN, ASYNCIO_MAIN], ids=["sleep-loop", "asyncio"])

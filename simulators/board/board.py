@@ -42,6 +42,7 @@ import _vb_bluetooth
 import _vb_esp32
 import _vb_machine
 import _vb_network
+import _vb_os
 import _vb_select
 import _vb_time
 
@@ -51,7 +52,7 @@ BANNER = ("MicroPython v%d.%d.%d on ansim virtual board; unix VM\r\n"
           "Type \"help()\" for more information.\r\n" % sys.implementation.version[:3]).encode()
 PASTE_WINDOW = 512
 FAKES = {"machine": _vb_machine, "bluetooth": _vb_bluetooth, "esp32": _vb_esp32, "network": _vb_network,
-         "time": _vb_time, "utime": _vb_time, "select": _vb_select, "uselect": _vb_select}
+         "os": _vb_os, "uos": _vb_os, "time": _vb_time, "utime": _vb_time, "select": _vb_select, "uselect": _vb_select}
 
 _write = sys.stdout.buffer.write
 _readinto = sys.stdin.buffer.readinto
