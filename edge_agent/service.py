@@ -30,6 +30,7 @@ log = logging.getLogger("ansim.agent")
 BATCH_MAX = 500
 TICK_S = 0.5
 PURGE_EVERY_S = 3600
+TIME_EVERY_S = 6 * 3600  # bells and lights get the time again: an ESP32's RTC drifts
 SUPERVISE_EVERY_S = 5.0
 
 
@@ -63,6 +64,7 @@ class Agent:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._last_purge = 0.0
+        self._last_time = clock()  # devices get the time when they connect; again from then on
         self._last_supervision = 0.0
         # device_id -> since when it counts as offline; heard after that, it is back online
         self._offline = dict.fromkeys(self.store.offline_devices(), clock())
@@ -214,6 +216,17 @@ class Agent:
             self.store.commit()  # the counter, before the frame leaves
             self._send(downlinks)
 
+    def _resync_clocks(self, now):
+        """Every bell and streetlight not known to be offline gets a ``time`` frame (SPEC.md
+        3.2): a connected device's clock drifts, and expiries are judged by it."""
+        downlinks = []
+        for device_id in self.store.last_heard():
+            if device_id not in self._offline:
+                downlinks += self.core.time_frame(device_id, now)
+        if downlinks:
+            self.store.commit()  # the counters, before the frames leave
+            self._send(downlinks)
+
     def _monitor(self, request):
         try:
             downlinks = self.core.monitor(request, self.clock())
@@ -239,6 +252,9 @@ class Agent:
             self.metrics.outbox_depth.set(self.store.queue_depth())
             self.metrics.devices_offline.set(len(self._offline))
             self._rejections.flush(now)
+        if now - self._last_time >= TIME_EVERY_S:
+            self._last_time = now
+            self._resync_clocks(now)
         if now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
             purged = self.store.purge(now, self.config.agent["retention_days"] * 86400,

@@ -7,6 +7,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
@@ -94,3 +96,30 @@ def test_offline_once_on_silence_or_last_will_and_online_when_heard_again(tmp_pa
             clock.advance(6)  # the next supervision round
             back = json.loads(view.next_message(WAIT_S).payload)
             assert (back["type"], back["device"]["id"], back["reason"]) == ("device_online", quiet.hex_id, "heard")
+
+
+def test_connected_bells_and_lights_get_the_time_again_every_few_hours(tmp_path, mqtt_client):
+    from ansim_agent.service import TIME_EVERY_S
+    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port, bells=2,
+                        overrides={"supervision": {"mains_s": str(2 * TIME_EVERY_S)}})  # no silence alarms here
+        clock = Clock()
+        bell, gone = street.bells
+        with Agent(config_module.load(street.config_path), clock=clock) as agent:
+            device = mqtt_client(local)
+            for b in (bell, gone):
+                beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 1, "faults": 0},
+                                          DeviceKeys(b.key), b.device_id, 1)
+                device.publish(topics.topic(b.device_id, topics.UP), beat)
+            waits.until(lambda: len(agent.store.last_heard()) == 2, WAIT_S, "both heartbeats processed")
+            device.publish(topics.topic(gone.device_id, topics.STATE), b"offline")  # its last will
+            waits.until(lambda: gone.device_id in agent.store.offline_devices(), WAIT_S, "the will processed")
+            downlink = mqtt_client(local)
+            downlink.subscribe("ansim/v1/dev/+/down")
+            clock.advance(TIME_EVERY_S)
+            msg = downlink.next_message(WAIT_S)
+            clock_frame = frames.unpack(msg.payload, DeviceKeys(bell.key))
+            assert msg.topic == topics.topic(bell.device_id, topics.DOWN)
+            assert clock_frame.kind == "time" and clock_frame.fields["unix_time"] == int(clock())
+            with pytest.raises(TimeoutError):  # the offline bell gets none
+                downlink.next_message(1.0)
