@@ -110,7 +110,7 @@ def test_triple_press_advertises_a_sealed_sos_at_once_then_bursts_and_resends(we
     print("\nthird press -> first advertisement %.1f ms" % ((first["t"] - pressed_at) * 1000))
     # The burst lasts at least 3 s, then the same frame comes back until the timeout.
     end = stopped(board, mark)
-    assert end["t"] - first["t"] >= 3.0
+    assert end["t"] - first["t"] >= 3.0 - 0.05  # less what the host adds to either event's arrival
     again, resent = next_advert(board, board.control.events().index(end))
     assert on_air(again) == on_air(first) and resent.counter == sos.counter
     gave_up = printed(board, "wearable: sos %d not acknowledged in time" % sos.counter, mark)
