@@ -42,17 +42,17 @@ compare columns, not runs.
      (no heap holds less than what is live in it), the result run once more to confirm
      ("flaky" if that failed and a step more was needed); a MemoryError printed by the
      firmware, even one it survives, is a failure. It includes every transient,
-     fragmentation and the GC's tables (~1.5 %), and the board's own needs: _vb_ctl reads
-     each host command with ``recv(4096)``, a 4 KB contiguous block, and in a fragmented heap
-     that is what often fails first (the bell, --mpy, in 140-150 KB), so it is loose. With
+     fragmentation and the GC's tables (~1.5 %), and the board's own needs (it reads host
+     commands 512 bytes at a time: with 4 KB reads, that block was what a fragmented heap
+     lacked first, and the bound was tens of KB looser), so it is an upper bound. With
      ``--mpy`` the modules are flashed precompiled, as ``ansim flash --mpy`` does: nothing
      is compiled on the board.
    - the firmware's share, 64-bit: LOW = its live peak minus the empty board's live peak;
      HIGH = its smallest heap minus what the board always holds (the empty board's lowest
      live reading, minus the probe's own bytes): at every moment board + firmware fitted in
      that heap, and the board never held less. The empty board's own smallest heap is
-     printed, not subtracted: it is the board's boot (compiling board.py), a transient that
-     is over before the firmware starts. LOW also carries the fakes' state for the pins and
+     printed, not subtracted: it is the board's boot, a transient that is over before the
+     firmware starts (smaller since the board runs precompiled: 75 -> 50 KB on 32-bit). LOW also carries the fakes' state for the pins and
      the radio the firmware set up (0.7 KB for the wearable's), so verdicts take
      ``FAKES_KB`` off it.
    - 32-bit: an object takes at most as many bytes on a 32-bit port (GC blocks are 4 words:
