@@ -49,6 +49,13 @@ class Clock:
             self._now += seconds
 
 
+def heartbeat(client, device, counter):
+    """``device`` says it is alive, as a bell does over the local broker."""
+    beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": counter, "faults": 0},
+                              DeviceKeys(device.key), device.device_id, counter)
+    client.publish(topics.topic(device.device_id, topics.UP), beat)
+
+
 def test_offline_once_on_silence_or_last_will_and_online_when_heard_again(tmp_path, mqtt_client):
     with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
         street = Street(tmp_path / "street", center_port=center.port, local_port=local.port, bells=2)
@@ -59,9 +66,7 @@ def test_offline_once_on_silence_or_last_will_and_online_when_heard_again(tmp_pa
         with Agent(config_module.load(street.config_path), clock=clock) as agent:
             device = mqtt_client(local)
             for bell in (quiet, chatty):
-                beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 1, "faults": 0},
-                                          DeviceKeys(bell.key), bell.device_id, 1)
-                device.publish(topics.topic(bell.device_id, topics.UP), beat)
+                heartbeat(device, bell, 1)
             tamper = frames.build_plain("tamper", {"state": "opened"}, DeviceKeys(chatty.key), chatty.device_id, 2)
             device.publish(topics.topic(chatty.device_id, topics.UP), tamper)
             assert json.loads(view.next_message(WAIT_S).payload)["type"] == "tamper"
@@ -87,10 +92,8 @@ def test_offline_once_on_silence_or_last_will_and_online_when_heard_again(tmp_pa
                 pass
             assert with_more_time == [], "a device goes offline once, not at every check"
 
-            beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 3, "faults": 0},
-                                      DeviceKeys(quiet.key), quiet.device_id, 2)
             heard_before = agent.store.last_heard()[quiet.device_id]
-            device.publish(topics.topic(quiet.device_id, topics.UP), beat)
+            heartbeat(device, quiet, 2)
             waits.until(lambda: agent.store.last_heard()[quiet.device_id] != heard_before, WAIT_S,
                         "the heartbeat processed")
             clock.advance(6)  # the next supervision round
@@ -108,9 +111,7 @@ def test_connected_bells_and_lights_get_the_time_again_every_few_hours(tmp_path,
         with Agent(config_module.load(street.config_path), clock=clock) as agent:
             device = mqtt_client(local)
             for b in (bell, gone):
-                beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 1, "faults": 0},
-                                          DeviceKeys(b.key), b.device_id, 1)
-                device.publish(topics.topic(b.device_id, topics.UP), beat)
+                heartbeat(device, b, 1)
             waits.until(lambda: len(agent.store.last_heard()) == 2, WAIT_S, "both heartbeats processed")
             device.publish(topics.topic(gone.device_id, topics.STATE), b"offline")  # its last will
             waits.until(lambda: gone.device_id in agent.store.offline_devices(), WAIT_S, "the will processed")
