@@ -1,31 +1,64 @@
-"""Runs the asyncio intakes (BLE through bleak, serial lines) on one event loop in a thread
-of their own, next to the threaded core and paho clients."""
+"""Runs the asyncio intakes (BLE through bleak, serial lines, the BLE transmitter) on one
+event loop in a thread of their own, next to the threaded core and paho clients.
+
+An intake that cannot start (no Bluetooth adapter, no serial port yet) does not stop the
+others: it is shown down in ``health`` and tried again with a growing delay.
+"""
 
 import asyncio
 import threading
 
+from .intake import IntakeUnavailable
+
 START_TIMEOUT_S = 30.0
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 60.0
+
+
+def component(intake):
+    """The name an intake has in health, metrics and status (``ble``, ``serial``...)."""
+    return getattr(intake, "component", type(intake).__name__.lower())
 
 
 class AsyncAdapters:
-    def __init__(self):
+    def __init__(self, health):
+        self.health = health
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="radios", daemon=True)
+        self._starting = []
         self.started = []
 
     def start(self, intakes):
-        """Start each intake; the first that cannot start stops the others and raises its
-        IntakeUnavailable (the message says what is missing and what to do)."""
+        """Start each intake in the background, retrying those that cannot start yet."""
         self._thread.start()
         for intake in intakes:
+            self._starting.append(asyncio.run_coroutine_threadsafe(self._keep_starting(intake), self.loop))
+
+    def is_started(self, intake):
+        return intake in self.started
+
+    async def _keep_starting(self, intake):
+        name, delay = component(intake), RETRY_FIRST_S
+        while True:
             try:
-                asyncio.run_coroutine_threadsafe(intake.start(), self.loop).result(START_TIMEOUT_S)
-            except BaseException:
-                self.stop()
-                raise
-            self.started.append(intake)
+                await asyncio.wait_for(intake.start(), START_TIMEOUT_S)
+            except IntakeUnavailable as err:
+                self.health.down(name, "%s; trying again in %.0f s" % (err, delay))
+            except asyncio.TimeoutError:
+                self.health.down(name, "did not start within %.0f s; trying again in %.0f s" % (START_TIMEOUT_S, delay))
+            except Exception as exc:
+                self.health.fatal(name, exc)
+                return
+            else:
+                self.started.append(intake)
+                self.health.up(name)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def stop(self):
+        for attempt in self._starting:
+            attempt.cancel()
         for intake in reversed(self.started):
             asyncio.run_coroutine_threadsafe(intake.stop(), self.loop).result(START_TIMEOUT_S)
         self.started = []

@@ -268,6 +268,8 @@ class BlueZAdvertiser(_Transmitter):
     is the system bus. ``interval_ms``: the advertising interval asked for (20 ms or more).
     """
 
+    component = "ble_advertiser"
+
     def __init__(self, adapter="hci0", bus_address=None, interval_ms=DEFAULT_INTERVAL_MS):
         super().__init__("ble-tx " + adapter)
         if interval_ms < 20:
@@ -427,6 +429,8 @@ class VirtualAdvertiser(_Transmitter):
     policy. ``rssi``: what scanners report for it (the air's default if None). Each
     advertisement comes from a new random static address.
     """
+
+    component = "ble_advertiser"
 
     def __init__(self, air, rssi=None, interval_ms=DEFAULT_INTERVAL_MS, max_instances=None):
         super().__init__("ble-tx virtual")

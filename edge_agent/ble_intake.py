@@ -72,6 +72,8 @@ class BleIntake:
     Counters for metrics: ``adverts`` seen, ``frames`` submitted, ``ignored`` (not ansim).
     """
 
+    component = "ble"
+
     def __init__(self, submit, receiver="ble0", backend=None, adapter=None, scanning_mode="active"):
         self._submit = submit
         self.receiver = receiver

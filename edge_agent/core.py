@@ -4,7 +4,9 @@ decode -> resolve device -> verify -> drop duplicates and replays -> classify ->
 enrich -> persist -> act. It knows no transport: adapters hand it ``Reception`` objects and
 carry out the ``Downlink`` commands it returns; the uplink reads the outbox in the store.
 Frames are processed in batches with one commit per batch, and every sender's ``ack`` runs
-only after that commit, so nothing is acknowledged before it is on disk.
+only after that commit, so nothing is acknowledged before it is on disk. The frames a batch
+causes (light commands, acks to devices) are staged in the same commit, so a crash never
+loses one that the agent owes a device.
 """
 
 import hashlib
@@ -16,6 +18,7 @@ from ansim_protocol.crypto import epoch_of
 from ansim_protocol.errors import DIRECTION, TOPIC, UNKNOWN, FrameError
 
 from . import alerts, geo
+from .center_messages import Refused
 from .monitoring import Route, Session
 from .resolver import RotatingIdResolver
 
@@ -29,12 +32,13 @@ OVERHEARD = "downlink"  # the verdict of a downlink frame heard on a shared medi
 
 
 class Downlink:
-    """A signed frame for one device, to be sent by whichever adapter reaches it."""
+    """A signed frame for one device, to be sent by whichever adapter reaches it; ``counter``
+    is its downlink counter, its key in the store's relay outbox."""
 
-    __slots__ = ("device_id", "frame", "kind", "via")
+    __slots__ = ("device_id", "counter", "frame", "kind", "via")
 
-    def __init__(self, device_id, frame, kind, via="mqtt"):
-        self.device_id, self.frame, self.kind, self.via = device_id, frame, kind, via
+    def __init__(self, device_id, counter, frame, kind, via="mqtt"):
+        self.device_id, self.counter, self.frame, self.kind, self.via = device_id, counter, frame, kind, via
 
 
 class Outcome:
@@ -69,18 +73,38 @@ class Core:
         self.light_states = {}      # device_id -> fields of the last light_state
         self.monitoring = {}        # session id -> monitoring.Session
 
+    def reload(self, registry):
+        """A new registry (SIGHUP): new wearables are resolved from now on, removed ones no
+        longer; those kept keep what the resolver learnt of their clocks."""
+        now = self.clock()
+        known = {d.device_id: self.resolver.state(d.device_id) for d in self.registry.by_role("wearable")}
+        stored = self.store.rid_states()
+        resolver = RotatingIdResolver()
+        for device in registry.by_role("wearable"):
+            last_epoch, offset = known.get(device.device_id) or stored.get(device.device_id, (None, 0))
+            resolver.add(device.device_id, device.keys, now, last_epoch, offset)
+        self.registry, self.resolver, self.lights = registry, resolver, registry.by_role("streetlight")
+
     # -- intake ------------------------------------------------------------------------------
 
     def process_batch(self, receptions):
         """Process, commit once, then acknowledge. Returns (outcomes, downlinks)."""
-        self.resolver.tick(self.clock())
-        outcomes, downlinks = [], []
-        for reception in receptions:
-            outcomes.append(self._process(reception, downlinks))
+        outcomes, downlinks = self.stage_batch(receptions)
         self.store.commit()
         for reception in receptions:
             if reception.ack is not None:
                 reception.ack()
+        return outcomes, downlinks
+
+    def stage_batch(self, receptions):
+        """Process and stage in the store, with the frames they cause; the caller commits,
+        then acknowledges. Returns (outcomes, downlinks)."""
+        now = self.clock()
+        self.resolver.tick(now)
+        outcomes, downlinks = [], []
+        for reception in receptions:
+            outcomes.append(self._process(reception, downlinks))
+        self.store.add_downlinks(downlinks, now)
         return outcomes, downlinks
 
     def _process(self, reception, downlinks):
@@ -94,10 +118,10 @@ class Core:
             if device is None:
                 log.debug("overheard a downlink frame via %s/%s", reception.path, reception.receiver)
                 return Outcome(reception, OVERHEARD)
-            frames.check_fresh(frame.counter, self.store.last_up(device.device_id))
+            highest, window = frames.accept_counter(frame.counter, *self.store.up_state(device.device_id))
         except FrameError as err:
             return Outcome(reception, err.reason, detail=str(err))
-        self.store.accept(device.device_id, frame.counter, digest, now)
+        self.store.accept(device.device_id, highest, window, digest, now)
         self.store.heard(device.device_id, now)
         if frame.sealed:
             self._confirm_rid(device, reception.frame)
@@ -210,9 +234,9 @@ class Core:
     def light_command(self, light, action, level_pct, duration_s, now):
         fields = {"action": action, "level_pct": level_pct, "duration_s": duration_s,
                   "expires": int(now) + max(duration_s, 10)}
-        frame = frames.build_plain("light_command", fields, light.keys, light.device_id,
-                                   self.store.next_down(light.device_id), downlink=True)
-        return Downlink(light.device_id, frame, "light_command")
+        counter = self.store.next_down(light.device_id)
+        frame = frames.build_plain("light_command", fields, light.keys, light.device_id, counter, downlink=True)
+        return Downlink(light.device_id, counter, frame, "light_command")
 
     def time_frame(self, device_id, now):
         """A ``time`` frame with the agent's Unix time for a bell or streetlight that has just
@@ -220,28 +244,32 @@ class Core:
         device = self.registry.get(device_id)
         if device is None or device.role not in FIXED_ROLES:
             return []
-        frame = frames.build_plain("time", {"unix_time": int(now)}, device.keys, device.device_id,
-                                   self.store.next_down(device.device_id), downlink=True)
-        return [Downlink(device.device_id, frame, "time")]
+        counter = self.store.next_down(device.device_id)
+        frame = frames.build_plain("time", {"unix_time": int(now)}, device.keys, device.device_id, counter,
+                                   downlink=True)
+        return [Downlink(device.device_id, counter, frame, "time")]
 
     def center_ack(self, alert_id, status, now):
-        """Relay the center's acknowledgement to the device that raised the alert: a signed
-        plain frame to a bell (it announces it), a sealed frame under the wearable's current
-        rotating id for the BLE transmitter (SPEC.md 3.2)."""
+        """The center's acknowledgement (checked by center_messages.parse_ack): closes the
+        alert and, the first time this status comes for it, relays it to the device that
+        raised it: a signed plain frame to a bell (it announces it), a sealed frame under the
+        wearable's current rotating id for the BLE transmitter (SPEC.md 3.2). Raises Refused
+        for an alert this agent never stored."""
+        stored = self.store.alert(alert_id)
+        if stored is None:
+            raise Refused("alert %s is not one of this agent's (never stored, or purged after retention)" % alert_id)
+        if not self.store.ack_alert(alert_id, status, now):
+            return []  # redelivered: relayed already
         device_hex, _, counter = alert_id.partition("-")
-        try:
-            device = self.registry.get(int(device_hex, 16))
-            counter = int(counter)
-        except ValueError:
-            return []
-        if device is None or status not in frames.ACK_STATUSES.values():
-            return []
-        fields = {"acked_counter": counter, "status": status}
+        device = self.registry.get(int(device_hex, 16))
+        if device is None or not counter.isdigit():
+            return []  # a device_online/offline event, or a device since removed from the registry
+        fields = {"acked_counter": int(counter), "status": status}
         if device.role == "wearable":
             return self._to_wearable(device, fields, now)
         down_counter = self.store.next_down(device.device_id)
         frame = frames.build_plain("center_ack", fields, device.keys, device.device_id, down_counter, downlink=True)
-        return [Downlink(device.device_id, frame, "center_ack")]
+        return [Downlink(device.device_id, down_counter, frame, "center_ack")]
 
     def _to_wearable(self, device, fields, now):
         """The ack as a sealed frame under the rotating id the wearable uses now. A wearable
@@ -253,34 +281,32 @@ class Core:
         epoch = epoch_of(now) + offset
         downlinks = []
         if offset:
-            clock = frames.build_sealed("time", {"unix_time": int(now)}, device.keys,
-                                        self.store.next_down(device.device_id), epoch, downlink=True)
-            downlinks.append(Downlink(device.device_id, clock, "time", via="ble"))
-        ack = frames.build_sealed("center_ack", fields, device.keys, self.store.next_down(device.device_id),
-                                  epoch, downlink=True)
-        return downlinks + [Downlink(device.device_id, ack, "center_ack", via="ble")]
+            counter = self.store.next_down(device.device_id)
+            clock = frames.build_sealed("time", {"unix_time": int(now)}, device.keys, counter, epoch, downlink=True)
+            downlinks.append(Downlink(device.device_id, counter, clock, "time", via="ble"))
+        counter = self.store.next_down(device.device_id)
+        ack = frames.build_sealed("center_ack", fields, device.keys, counter, epoch, downlink=True)
+        return downlinks + [Downlink(device.device_id, counter, ack, "center_ack", via="ble")]
 
     def monitor(self, request, now):
-        """A walk-home monitoring request from the center: start, update, stop or arrived.
-        Returns the light commands; raises ValueError with a reason for a bad request."""
-        session_id, action = str(request["session"]), request["action"]
+        """A walk-home monitoring request from the center (checked by
+        center_messages.parse_monitor): start, update, stop or arrived. Returns the light
+        commands; raises Refused with a reason for a request it cannot follow."""
+        session_id, action = request["session"], request["action"]
         lights = self.config.lights
         if action == "start":
-            route = Route([(float(lat), float(lon)) for lat, lon in request["route"]])
+            route = Route(request["route"])
             self._end_monitoring(session_id, now, [])
             self.monitoring[session_id] = Session(session_id, route, self.lights, lights["monitor_corridor_m"],
                                                   lights["monitor_ahead_m"])
         session = self.monitoring.get(session_id)
         if session is None:
-            raise ValueError("no monitoring session %r" % session_id)
+            raise Refused("no monitoring session %r" % session_id)
         downlinks = []
         if action in ("stop", "arrived"):
             self._end_monitoring(session_id, now, downlinks)
             return downlinks
-        if action not in ("start", "update"):
-            raise ValueError("unknown monitoring action %r" % action)
-        position = request.get("position")
-        brighten, restore = session.move(None if position is None else (float(position[0]), float(position[1])))
+        brighten, restore = session.move(request["position"])
         for device_id in brighten:
             downlinks.append(self.light_command(self.registry.get(device_id), "brighten", lights["brighten_pct"],
                                                 lights["monitor_hold_s"], now))

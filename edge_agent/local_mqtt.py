@@ -1,9 +1,16 @@
 """Intake and downlink over the local broker that bells and streetlights use (SPEC.md 6.2).
 
 The agent's PUBACK to a device is its promise that the frame is stored: paho's manual
-acknowledgement holds the PUBACK until the core has committed the batch, and a persistent
+acknowledgement holds the PUBACK until the core has committed the batch, and PUBACKs leave
+in the order the messages came (``InOrderAcks``), whatever was stored first. A persistent
 session (clean start off, session expiry) makes the broker redeliver whatever an agent that
 died before committing had not acknowledged.
+
+Frames to devices come from the store's relay outbox; ``on_handed_over(device_id, counter)``
+reports each one the broker PUBACKed, so the outbox can forget it.
+
+A broker that is not there at start is an outage, not a fatal error: paho keeps trying and
+the other intakes run meanwhile (``health`` shows ``local_mqtt`` down).
 """
 
 import logging
@@ -16,73 +23,94 @@ from paho.mqtt.properties import Properties
 from ansim_protocol import topics
 from ansim_protocol.errors import FrameError
 
-from .intake import IntakeUnavailable, Reception
+from .intake import Reception
+from .mqtt_delivery import InOrderAcks, PublishTracker
 from .mqtt_socket import no_delay
 
 log = logging.getLogger("ansim.agent.local_mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 MAX_PAYLOAD = 64
-CONNECT_TIMEOUT_S = 10.0
+COMPONENT = "local_mqtt"
 
 
 class LocalMqtt:
-    def __init__(self, submit, host, port, client_id, on_state=None, on_oversize=None):
+    def __init__(self, submit, host, port, client_id, on_state=None, on_oversize=None, on_handed_over=None,
+                 health=None):
         self.submit = submit
-        self.on_state, self.on_oversize = on_state, on_oversize
+        self.on_state, self.on_oversize, self.on_handed_over = on_state, on_oversize, on_handed_over
         self.host, self.port = host, port
+        self.health = health
         self._connected = threading.Event()
+        self._failures = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.manual_ack_set(True)
         self.client.max_inflight_messages_set(1000)
         self.client.reconnect_delay_set(0.5, 10)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
+        guard = health.guard if health is not None else (lambda _, callback: callback)
+        self.client.on_connect = guard(COMPONENT, self._on_connect)
+        self.client.on_connect_fail = guard(COMPONENT, self._on_connect_fail)
+        self.client.on_disconnect = guard(COMPONENT, self._on_disconnect)
+        self.client.on_message = guard(COMPONENT, self._on_message)
+        self.client.on_subscribe = guard(COMPONENT, self._on_subscribe)
+        self.client.on_publish = guard(COMPONENT, lambda c, u, mid, reason, props: self._sent.settle(mid, reason))
         self.client.on_socket_open = no_delay
+        self._acks = InOrderAcks(self.client)
+        self._sent = PublishTracker(self._handed_over)
 
     def start(self):
+        """Connect in the background; ``wait_connected`` tells when the broker keeps our messages."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        try:
-            self.client.connect(self.host, self.port, clean_start=False, properties=props)
-        except OSError as err:
-            raise IntakeUnavailable("local MQTT broker %s:%d: %s: start mosquitto on the Pi "
-                                    "(`sudo systemctl start mosquitto`) or fix [local_mqtt] in the config"
-                                    % (self.host, self.port, err.strerror or err)) from None
+        self._down("connecting to the local MQTT broker %s:%d" % (self.host, self.port))
+        self.client.connect_async(self.host, self.port, clean_start=False, properties=props)
         self.client.loop_start()
-        if not self._connected.wait(CONNECT_TIMEOUT_S):
-            self.stop()
-            raise IntakeUnavailable("local MQTT broker %s:%d did not accept the agent within %.0f s"
-                                    % (self.host, self.port, CONNECT_TIMEOUT_S))
+
+    def wait_connected(self, timeout):
+        return self._connected.wait(timeout)
 
     def stop(self):
         self.client.disconnect()
         self.client.loop_stop()
 
+    def _down(self, reason):
+        if self.health is not None:
+            self.health.down(COMPONENT, reason)
+        else:
+            log.warning("%s", reason)
+
     def _on_connect(self, client, userdata, flags, reason, props):
         if reason.is_failure:
-            log.error("local broker refused the agent: %s", reason)
+            self._down("the local broker %s:%d refused the agent: %s (check its ACL and credentials)"
+                       % (self.host, self.port, reason))
             return
         client.subscribe([(topics.UPLINK_FILTER, 1), (topics.RELAY_FILTER, 1), (topics.STATE_FILTER, 1)])
-        log.info("connected to the local broker %s:%d", self.host, self.port)
+
+    def _on_connect_fail(self, client, userdata):
+        self._failures += 1
+        self._down("cannot reach the local MQTT broker %s:%d: start mosquitto on the Pi (`sudo systemctl start "
+                   "mosquitto`) or fix [local_mqtt] in the config; retrying" % (self.host, self.port))
 
     def _on_subscribe(self, client, userdata, mid, reasons, props):
         """Ready once the broker granted the subscriptions: from then on it keeps our messages."""
         refused = [r for r in reasons if r.is_failure]
         if refused:
-            log.error("the local broker refused the agent's subscriptions: %s (check its ACL)", refused)
+            self._down("the local broker refused the agent's subscriptions: %s (check its ACL)" % refused)
             return
+        self._failures = 0
         self._connected.set()
+        if self.health is not None:
+            self.health.up(COMPONENT)
+        log.info("connected to the local broker %s:%d", self.host, self.port)
 
     def _on_disconnect(self, client, userdata, flags, reason, props):
         self._connected.clear()
+        self._acks.reset()
         if reason.is_failure:
-            log.warning("lost the local broker (%s); reconnecting", reason)
+            self._down("lost the local broker %s:%d (%s); reconnecting" % (self.host, self.port, reason))
 
     def _on_message(self, client, userdata, msg):
-        ack = _Ack(client, msg.mid, msg.qos)
+        ack = self._acks.ticket(msg)
         try:
             scope, device_id, channel = topics.parse(msg.topic)
         except FrameError:
@@ -99,20 +127,14 @@ class LocalMqtt:
             return
         self.submit(Reception(msg.payload, "mqtt", "local", topic=msg.topic, ack=ack))
 
-    def send(self, device_id, frame):
-        """Publish a downlink frame to ``ansim/v1/dev/{id}/down`` (QoS 1; paho queues it while
-        the broker is away)."""
-        self.client.publish(topics.topic(device_id, topics.DOWN), frame, qos=1)
+    def send(self, downlink):
+        """Publish a frame to ``ansim/v1/dev/{id}/down`` (QoS 1; paho queues it while the broker
+        is away, and ``on_handed_over`` hears of its PUBACK)."""
+        info = self.client.publish(topics.topic(downlink.device_id, topics.DOWN), downlink.frame, qos=1)
+        self._sent.track(info, (downlink.device_id, downlink.counter))
 
-
-class _Ack:
-    """PUBACK for one message, sent once, when the core says the frame is stored."""
-
-    __slots__ = ("client", "mid", "qos")
-
-    def __init__(self, client, mid, qos):
-        self.client, self.mid, self.qos = client, mid, qos
-
-    def __call__(self):
-        if self.qos:
-            self.client.ack(self.mid, self.qos)
+    def _handed_over(self, key, reason):
+        if reason.is_failure:
+            log.error("the local broker refused a frame to device %08x: %s (check its ACL)", key[0], reason)
+        if self.on_handed_over is not None:
+            self.on_handed_over(*key)

@@ -31,6 +31,12 @@ class Metrics:
                                      registry=self.registry)
         self.escalations = Counter("ansim_escalations", "Alerts escalated to the fallback center",
                                    registry=self.registry)
+        self.up = Gauge("ansim_up", "1 while a part of the agent works, 0 while it is down",
+                        ("component",), registry=self.registry)
+        self.center_messages = Counter("ansim_center_messages", "Messages from the center, by channel and verdict",
+                                       ("channel", "verdict"), registry=self.registry)
+        self.relay_depth = Gauge("ansim_relay_depth", "Frames to devices stored but not yet handed to their broker",
+                                 registry=self.registry)
 
     def alert_delivered(self, latency_s):
         self.alert_latency.observe(latency_s)

@@ -61,6 +61,8 @@ class SerialIntake:
     delivered, ``rejected``/``last_error`` the blocks dropped as noise or bad CRC.
     """
 
+    component = "serial"
+
     def __init__(self, submit, url, baudrate=115200, receiver=None):
         self._submit = submit
         self.url = url

@@ -7,6 +7,12 @@ center's acks and monitoring requests, device state, oversize notes) is a callab
 same queue, so it wakes the pipeline at once and runs right after the batch it arrived with.
 Periodic work (supervision, purge) runs on the same thread between batches, at least every
 ``TICK_S``, so the core and the store need no further locking.
+
+Frames to devices are stored with what caused them (the relay outbox) and sent after the
+commit; the local broker's PUBACK, or the end of a BLE advertisement, removes them, and a
+restarted agent sends what is left. Nothing fails silently: parts that depend on the outside
+(brokers, radios, the disk) are retried and shown down in ``health`` meanwhile; an exception
+nobody handles stops the process (``health.EXIT_FAULT``) for systemd to restart it.
 """
 
 import asyncio
@@ -18,11 +24,15 @@ import time
 
 from . import alerts
 from . import registry as registry_module
+from . import systemd
 from .async_adapters import AsyncAdapters
+from .center_messages import Refused
+from .config import ConfigError
 from .core import Core
+from .health import EXIT_FAULT, Health
 from .local_mqtt import LocalMqtt
 from .metrics import Metrics
-from .store import Store
+from .store import Store, StorageError
 from .uplink import Uplink
 
 log = logging.getLogger("ansim.agent")
@@ -32,6 +42,13 @@ TICK_S = 0.5
 PURGE_EVERY_S = 3600
 TIME_EVERY_S = 6 * 3600  # bells and lights get the time again: an ESP32's RTC drifts
 SUPERVISE_EVERY_S = 5.0
+STORAGE_RETRY_S = 1.0
+RELAY_FLUSH_S = 1.0  # how often frames handed over are crossed off the relay outbox
+STALE_TIME_FRAME_S = 60  # a time frame older than this is not sent again after a restart
+
+
+class _Stopping(Exception):
+    """The agent stops while the pipeline waits for the disk."""
 
 
 class Agent:
@@ -39,15 +56,22 @@ class Agent:
         """``virtual_air``: simulators only, a ``ThreadedAir`` to advertise on instead of BlueZ."""
         self.config = config
         self.clock = clock
+        self.metrics = metrics or Metrics()
+        self._stop = threading.Event()
+        self.health = Health(self.metrics.up, on_fatal=self._stop.set)
         self.registry = registry_module.load(config.agent["registry"], config.supervision)
         self.store = Store(config.agent["data_dir"] / "agent.db")
         self.core = Core(config, self.registry, self.store, clock)
         self.intake = queue.Queue()  # Receptions from the adapters, and callables: work for the pipeline
         self._rejections = RejectionLog()
-        self.metrics = metrics or Metrics()
         self._metrics_server = None
-        self.uplink = Uplink(config, self.store, self.metrics, on_ack=self._on_center_ack,
-                             on_monitor=lambda request: self._call(lambda: self._monitor(request)), clock=clock)
+        self.heartbeats = {"pipeline": systemd.Heartbeat(), "uplink": systemd.Heartbeat()}
+        self.watchdog = systemd.Watchdog(self.heartbeats)
+        self.uplink = Uplink(config, self.store, self.metrics, clock=clock, health=self.health,
+                             beat=self.heartbeats["uplink"].beat,
+                             on_ack=lambda alert_id, status, done: self._call(
+                                 lambda: self._center_ack(alert_id, status, done)),
+                             on_monitor=lambda request, done: self._call(lambda: self._monitor(request, done)))
         self.radios = [self._ble(config.ble)] if config.ble["enabled"] else []
         self.advertiser = self._ble_transmitter(config.ble, virtual_air)
         if self.advertiser is not None:
@@ -60,17 +84,21 @@ class Agent:
         if config.local_mqtt["enabled"]:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
                                    config.agent["id"] + "-local", on_state=self._on_device_state,
-                                   on_oversize=self._on_oversize)
-        self._stop = threading.Event()
+                                   on_oversize=self._on_oversize, on_handed_over=self._on_handed_over,
+                                   health=self.health)
+        self._handed = []  # (device_id, counter) of frames handed over, crossed off by the pipeline
+        self._handed_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._last_purge = 0.0
         self._last_time = clock()  # devices get the time when they connect; again from then on
         self._last_supervision = 0.0
+        self._last_relay_flush = 0.0
         # device_id -> since when it counts as offline; heard after that, it is back online
         self._offline = dict.fromkeys(self.store.offline_devices(), clock())
 
     def start(self):
-        """Start every adapter; if one cannot start, stop the rest and raise its error."""
+        """Start every part; those that depend on the outside (brokers, radios) start in the
+        background and are retried. Raises only for what no retry can fix."""
         try:
             self._start()
         except BaseException:
@@ -81,14 +109,17 @@ class Agent:
     def _start(self):
         if self.config.metrics["port"]:
             self._metrics_server = self.metrics.serve(self.config.metrics["port"])
+        self.health.up("store")
         # Intake first, uplink last: the birth certificate tells the center the agent listens.
         self._thread.start()
         if self.local is not None:
             self.local.start()
         if self.radios:
-            self._adapters = AsyncAdapters()
+            self._adapters = AsyncAdapters(self.health)
             self._adapters.start(self.radios)
+        self._call(self._relay_leftovers)
         self.uplink.start()
+        self.watchdog.start()
         log.info("agent %s running: %d devices, %d alerts waiting", self.config.agent["id"],
                  len(self.registry.devices), self.store.queue_depth())
 
@@ -113,6 +144,7 @@ class Agent:
 
     def stop(self):
         self._stop.set()
+        self.watchdog.stop()
         self._call(lambda: None)  # wakes the pipeline to see the stop
         if self._adapters is not None:
             self._adapters.stop()
@@ -125,67 +157,158 @@ class Agent:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
 
+    def wait(self, timeout=None):
+        """Until the agent stops (a fatal fault stops it too); True if it stopped."""
+        return self._stop.wait(timeout)
+
+    def reload(self):
+        """SIGHUP: read the registry again (new devices without a restart)."""
+        self._call(self._reload_registry)
+
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
 
+    # -- the pipeline thread -----------------------------------------------------------------
+
     def _run(self):
-        while not self._stop.is_set():
-            batch, work = [], []
-            try:
-                item = self.intake.get(timeout=TICK_S)
-                while True:
-                    (work if callable(item) else batch).append(item)
-                    if len(batch) + len(work) >= BATCH_MAX:
-                        break
-                    item = self.intake.get_nowait()
-            except queue.Empty:
-                pass
-            if batch:
-                self._process(batch)
-            for job in work:
-                job()
-            self._periodic()
+        try:
+            while not self._stop.is_set():
+                self.heartbeats["pipeline"].beat()
+                batch, work = self._take()
+                if batch:
+                    self._process(batch)
+                for job in work:
+                    job()
+                self._periodic()
+            self.health.down("pipeline", "stopped")
+        except _Stopping:
+            pass
+        except Exception as exc:
+            self.health.fatal("pipeline", exc)
+
+    def _take(self):
+        batch, work = [], []
+        try:
+            item = self.intake.get(timeout=TICK_S)
+            while True:
+                (work if callable(item) else batch).append(item)
+                if len(batch) + len(work) >= BATCH_MAX:
+                    break
+                item = self.intake.get_nowait()
+        except queue.Empty:
+            pass
+        return batch, work
 
     def _call(self, job):
         """Run ``job()`` on the pipeline thread, as soon as it is free (from any thread)."""
         self.intake.put(job)
 
+    def _commit(self):
+        """Commit what is staged. While the store cannot be written (a full disk) the pipeline
+        retries every second and acknowledges nothing: the brokers keep what it has not
+        PUBACKed, and nothing is lost once space is freed."""
+        while True:
+            try:
+                self.store.commit()
+            except StorageError as err:
+                self.health.down("store", err)
+                self.heartbeats["pipeline"].beat()  # waiting for the disk is not a wedge: a restart cannot help
+                if self._stop.wait(STORAGE_RETRY_S):
+                    raise _Stopping() from None
+                continue
+            if not self.health.is_up("store"):
+                self.health.up("store")
+            return
+
     def _process(self, batch):
         with self.metrics.batch_seconds.time():
-            outcomes, downlinks = self.core.process_batch(batch)
+            self._cross_off_handed_over()
+            outcomes, downlinks = self.core.stage_batch(batch)
+            self._commit()
+        for reception in batch:
+            if reception.ack is not None:
+                reception.ack()
+        self.health.up("pipeline")
         for outcome in outcomes:
             self.metrics.frames.labels(outcome.reception.path, outcome.kind or "-", outcome.verdict).inc()
             if outcome.detail:
                 self._rejections.note(outcome)
+            elif outcome.alert_id:
+                log.info("alert %s stored: %s of device %08x via %s/%s", outcome.alert_id, outcome.kind,
+                         outcome.device_id, outcome.reception.path, outcome.reception.receiver)
         self.metrics.intake_depth.set(self.intake.qsize())
         if any(o.alert_id for o in outcomes):
             self.uplink.wake()
         self._send(downlinks)
 
+    def _commit_and_send(self, downlinks):
+        """Store frames to devices with what caused them, then send them."""
+        self.store.add_downlinks(downlinks, self.clock())
+        self._commit()
+        self._send(downlinks)
+
     def _send(self, downlinks):
         for downlink in downlinks:
             if downlink.via == "ble":
-                self._advertise(downlink)
+                self._advertise(downlink, self.config.ble["ack_advertise_s"])
             elif self.local is not None:
-                self.local.send(downlink.device_id, downlink.frame)
+                self.local.send(downlink)
+            else:
+                self._on_handed_over(downlink.device_id, downlink.counter)
 
-    def _advertise(self, downlink):
-        """Put a sealed frame for a wearable on the air for ``ack_advertise_s``; the pipeline
-        does not wait for BlueZ."""
-        if self.advertiser is None or self._adapters is None:
-            log.warning("no BLE transmitter: %s for wearable %08x not relayed (enable [ble] advertise)",
-                        downlink.kind, downlink.device_id)
+    def _relay_leftovers(self):
+        """Frames to devices that a previous run stored but never handed over: sent now, in
+        order, before anything new (stale time frames and finished adverts are dropped)."""
+        now = self.clock()
+        again, dropped = [], []
+        from .core import Downlink
+        for device_id, counter, kind, via, frame, created in self.store.pending_downlinks():
+            age = now - created
+            if (kind == "time" and age > STALE_TIME_FRAME_S) or (via == "ble" and age >= self.config.ble["ack_advertise_s"]):
+                dropped.append((device_id, counter))
+            else:
+                again.append((Downlink(device_id, counter, frame, kind, via), age))
+        if dropped:
+            self.store.handed_over(dropped)
+            self._commit()
+        for downlink, age in again:
+            if downlink.via == "ble":
+                self._advertise(downlink, self.config.ble["ack_advertise_s"] - age)
+            elif self.local is not None:
+                self.local.send(downlink)
+        if again:
+            log.info("sent %d frames to devices again that the previous run had not handed over", len(again))
+
+    def _advertise(self, downlink, seconds):
+        """Put a sealed frame for a wearable on the air for ``seconds``; the pipeline does not
+        wait for BlueZ. The relay outbox forgets it when the advertisement ends."""
+        key = (downlink.device_id, downlink.counter)
+        if self.advertiser is None or self._adapters is None or not self._adapters.is_started(self.advertiser):
+            log.warning("no BLE transmitter: %s for wearable %08x not relayed (enable [ble] advertise; "
+                        "is the adapter up?)", downlink.kind, downlink.device_id)
+            self._on_handed_over(*key)
             return
-        done = asyncio.run_coroutine_threadsafe(
-            self.advertiser.advertise(downlink.frame, self.config.ble["ack_advertise_s"]), self._adapters.loop)
-        done.add_done_callback(lambda f: f.cancelled() or f.exception() is None or log.error(
-            "could not advertise %s for wearable %08x: %s", downlink.kind, downlink.device_id, f.exception()))
+        done = asyncio.run_coroutine_threadsafe(self.advertiser.advertise(downlink.frame, seconds), self._adapters.loop)
 
-    def _on_center_ack(self, alert_id, status):
-        self._call(lambda: self._center_ack(alert_id, status))
+        def finished(future):
+            if not future.cancelled() and future.exception() is not None:
+                log.error("could not advertise %s for wearable %08x: %s", downlink.kind, downlink.device_id,
+                          future.exception())
+            self._on_handed_over(*key)
+        done.add_done_callback(finished)
+
+    def _on_handed_over(self, device_id, counter):
+        with self._handed_lock:
+            self._handed.append((device_id, counter))
+
+    def _cross_off_handed_over(self):
+        with self._handed_lock:
+            handed, self._handed = self._handed, []
+        if handed:
+            self.store.handed_over(handed)
 
     def _on_oversize(self, topic, size):
         self.metrics.frames.labels("mqtt", "-", "oversize").inc()
@@ -201,20 +324,25 @@ class Agent:
     def _last_will(self, device_id):
         """The broker published a device's will: its connection died. Report it now rather
         than after the supervision period (the will is unauthenticated: it can only ever
-        raise an offline event, never hide one)."""
+        raise an offline event, never hide one). A device that came back and dropped again
+        before supervision noticed its return is reported back online first."""
         device = self.registry.get(device_id)
-        if device is None or device_id in self._offline:
+        if device is None:
             return
         now = self.clock()
-        self._report(False, [(device, self.store.last_heard().get(device_id, now))], now, "last_will")
+        heard = self.store.last_heard().get(device_id, now)
+        if device_id in self._offline:
+            if heard <= self._offline[device_id]:
+                return  # still offline since the last report
+            self._report(True, [(device, heard)], now, "heard")
+        self._report(False, [(device, heard)], now, "last_will")
 
     def _set_clock(self, device_id):
         """A bell or streetlight announced itself online (connected, or retained when the
         agent subscribes): send it the time. Its RTC may have lost power or drifted."""
         downlinks = self.core.time_frame(device_id, self.clock())
         if downlinks:
-            self.store.commit()  # the counter, before the frame leaves
-            self._send(downlinks)
+            self._commit_and_send(downlinks)
 
     def _resync_clocks(self, now):
         """Every bell and streetlight not known to be offline gets a ``time`` frame (SPEC.md
@@ -224,32 +352,59 @@ class Agent:
             if device_id not in self._offline:
                 downlinks += self.core.time_frame(device_id, now)
         if downlinks:
-            self.store.commit()  # the counters, before the frames leave
-            self._send(downlinks)
+            self._commit_and_send(downlinks)
 
-    def _monitor(self, request):
+    def _monitor(self, request, done):
         try:
             downlinks = self.core.monitor(request, self.clock())
-        except (KeyError, TypeError, ValueError) as err:
-            log.warning("ignored a monitoring request: %s: %r", err, request)
+        except Refused as refused:
+            self.uplink.refused("monitor", refused)
+            done()
             return
-        self.store.commit()
-        self._send(downlinks)
+        self._commit_and_send(downlinks)
+        done()
+        log.info("walk-home session %s: %s, %d light commands", request["session"], request["action"], len(downlinks))
 
-    def _center_ack(self, alert_id, status):
+    def _center_ack(self, alert_id, status, done):
+        """Closed, stored and relayed before the center's message is PUBACKed."""
         now = self.clock()
-        downlinks = self.core.center_ack(alert_id, status, now)
+        try:
+            downlinks = self.core.center_ack(alert_id, status, now)
+        except Refused as refused:
+            self.uplink.refused("ack", refused)
+            done()
+            return
         if status == "resolved":
             downlinks += self.core.resolve(alert_id, now)
-        self.store.commit()  # their counters, before the frames leave
-        self._send(downlinks)
+        self._commit_and_send(downlinks)
+        done()
+        log.info("alert %s acknowledged by the center: %s; %d frames to devices", alert_id, status, len(downlinks))
+
+    def _reload_registry(self):
+        try:
+            registry = registry_module.load(self.config.agent["registry"], self.config.supervision)
+        except ConfigError as err:
+            log.error("registry not reloaded, the agent keeps the one it has: %s", err)
+            return
+        before = set(self.registry.devices)
+        self.registry = registry
+        self.core.reload(registry)
+        after = set(registry.devices)
+        log.info("registry reloaded: %d devices (%d new, %d removed)", len(after), len(after - before),
+                 len(before - after))
 
     def _periodic(self):
         now = self.clock()
+        if now - self._last_relay_flush >= RELAY_FLUSH_S:
+            self._last_relay_flush = now
+            self._cross_off_handed_over()
+            if self.store.pending_writes():
+                self._commit()
         if now - self._last_supervision >= SUPERVISE_EVERY_S:
             self._last_supervision = now
             self._supervise(now)
             self.metrics.outbox_depth.set(self.store.queue_depth())
+            self.metrics.relay_depth.set(self.store.relay_depth())
             self.metrics.devices_offline.set(len(self._offline))
             self._rejections.flush(now)
         if now - self._last_time >= TIME_EVERY_S:
@@ -257,8 +412,12 @@ class Agent:
             self._resync_clocks(now)
         if now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
-            purged = self.store.purge(now, self.config.agent["retention_days"] * 86400,
-                                      self.config.agent["dedup_window_s"])
+            try:
+                purged = self.store.purge(now, self.config.agent["retention_days"] * 86400,
+                                          self.config.agent["dedup_window_s"])
+            except StorageError as err:
+                self.health.down("store", err)
+                return
             if purged:
                 log.info("purged %d delivered alerts past retention", purged)
 
@@ -281,25 +440,35 @@ class Agent:
             self._report(True, back, now, "heard")
 
     def _report(self, online, devices, now, reason):
+        stored = []
         for device, heard in devices:
             body = alerts.availability(device, online, heard, now, self.config, reason)
             self.store.add_alert(body["alert_id"], device.device_id, now, now, body)
+            self.store.set_offline(device.device_id, not online)
             if online:
                 self._offline.pop(device.device_id, None)
             else:
                 self._offline[device.device_id] = now
-        self.store.commit()
-        for device, _ in devices:
-            self.store.set_offline(device.device_id, not online)
+            stored.append(body)
+        self._commit()
+        for body in stored:
+            log.info("alert %s stored: %s of device %s (%s)", body["alert_id"], body["type"], body["device"]["id"],
+                     reason)
         self.uplink.wake()
 
 
 def run(config):
-    stop = threading.Event()
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the registry. Returns the exit status:
+    0, or health.EXIT_FAULT after an unhandled error (systemd restarts the agent)."""
+    agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    with Agent(config):
-        stop.wait()
+        signal.signal(sig, lambda *_: agent._stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: agent.reload())
+    with agent:
+        systemd.ready()
+        agent.wait()
+        systemd.stopping()
+    return EXIT_FAULT if agent.health.fault is not None else 0
 
 
 class RejectionLog:

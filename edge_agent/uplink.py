@@ -5,7 +5,13 @@ citywide center, and the agent's birth and death certificates.
 Delivery: every stored alert not yet PUBACKed is published once per process, in outbox
 order, with at most ``WINDOW`` in flight; paho keeps and retransmits them across reconnects
 (persistent session), and after a restart the outbox publishes the rest again. The center
-deduplicates by alert id. Topics: edge_agent/CENTER_API.md.
+deduplicates by alert id. After a reconnection nothing new is published until paho's
+retransmissions are PUBACKed: paho resends them after its CONNACK handling, so a publish
+made earlier would overtake them, and CENTER_API.md promises order per device.
+
+The center's messages are PUBACKed in arrival order once the pipeline has stored what they
+mean (``done``): an acknowledgement is as durable as the alert, and a crash before its
+PUBACK makes the center's broker send it again. Topics: edge_agent/CENTER_API.md.
 """
 
 import json
@@ -18,13 +24,22 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from . import center_messages
+from .center_messages import Refused
+from .mqtt_delivery import InOrderAcks, PublishTracker
 from .mqtt_socket import no_delay
+from .store import StorageError
 
 log = logging.getLogger("ansim.agent.uplink")
 
 ROOT = "ansim/center/v1/"
 WINDOW = 1000
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# Escalation never floods a link that comes back: copies leave at a bounded rate and take
+# only part of the window, after the district's own alerts.
+ESCALATIONS_PER_S = 20.0
+ESCALATION_BURST = 50
+ESCALATION_WINDOW = 100
 
 
 def alerts_topic(center, device_hex):
@@ -35,21 +50,42 @@ def agent_topic(agent_id, channel):
     return "%sagents/%s/%s" % (ROOT, agent_id, channel)
 
 
+class _Sent:
+    """One publish waiting for its PUBACK: ``kind`` alert, escalation or certificate."""
+
+    __slots__ = ("kind", "seq", "alert_id", "alert_type", "received", "generation")
+
+    def __init__(self, kind, generation, seq=None, alert_id=None, alert_type=None, received=None):
+        self.kind, self.generation, self.seq = kind, generation, seq
+        self.alert_id, self.alert_type, self.received = alert_id, alert_type, received
+
+
 class Uplink:
-    def __init__(self, config, store, metrics, on_ack=None, on_monitor=None, clock=time.time):
+    """``on_ack(alert_id, status, done)`` and ``on_monitor(request, done)`` get the center's
+    checked messages; ``done()`` PUBACKs the message once what it means is stored.
+    ``health`` (edge_agent.health) hears of outages and faults; ``beat`` is called at every
+    turn of the uplink's loop (the systemd watchdog)."""
+
+    def __init__(self, config, store, metrics, on_ack=None, on_monitor=None, clock=time.time, health=None,
+                 beat=None):
         self.config, self.store, self.metrics, self.clock = config, store, metrics, clock
         self.on_ack, self.on_monitor = on_ack, on_monitor
+        self.health, self._beat = health, beat or (lambda: None)
         center = config.center
         self.agent_id = config.agent["id"]
         self.session = store.next_session()
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight = {}  # mid -> (outbox seq, received), or None for births and escalations
-        self._early = {}     # mid -> reason code of a PUBACK that beat _track
+        self._sent = PublishTracker(self._settle)
+        self._generation = 0  # connections so far; a publish remembers the one it went out on
+        self._connected_at = None
         self._delivered = []  # outbox seqs PUBACKed, written to the store by the uplink thread
         self._published_to = 0  # highest outbox seq handed to paho in this process
         self._lock = threading.Lock()
+        self._tokens = float(ESCALATION_BURST)
+        self._tokens_at = time.monotonic()
+        self._refused = {}  # channel -> messages refused, for sampling the log
         self.delivered = 0
         self.v5 = center["mqtt_version"] == 5
         if self.v5:
@@ -64,13 +100,16 @@ class Uplink:
         client.max_inflight_messages_set(WINDOW)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(0.5, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_connect_fail = self._on_connect_fail
+        client.manual_ack_set(True)
+        guard = self.health.guard if self.health is not None else (lambda _, callback: callback)
+        client.on_connect = guard("uplink", self._on_connect)
+        client.on_disconnect = guard("uplink", self._on_disconnect)
+        client.on_publish = guard("uplink", lambda c, u, mid, reason, props: self._sent.settle(mid, reason))
+        client.on_message = guard("uplink", self._on_message)
+        client.on_connect_fail = guard("uplink", self._on_connect_fail)
         client.on_socket_open = no_delay
         self.client = client
+        self._acks = InOrderAcks(client)
         self._rewind_to = None  # re-send from here after a reconnect (alerts the broker refused)
         self._connect_failures = 0
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
@@ -110,16 +149,21 @@ class Uplink:
 
     def _on_connect(self, client, userdata, flags, reason, props):
         if reason.is_failure:
-            log.error("the center's broker refused agent %s: %s", self.agent_id, reason)
+            self._down("the center's broker refused agent %s: %s" % (self.agent_id, reason))
             return
         client.subscribe([(agent_topic(self.agent_id, "ack"), 1), (agent_topic(self.agent_id, "monitor"), 1)])
-        self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), None, retain=True)
         with self._lock:
+            self._generation += 1
             if self._rewind_to is not None:  # everything from the refused alert on, in order
                 self._published_to, self._rewind_to = min(self._published_to, self._rewind_to), None
+        self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), _Sent("certificate", 0),
+                      retain=True)
         self._connect_failures = 0
+        self._connected_at = time.monotonic()
         self.connected.set()
         self.metrics.center_connected.set(1)
+        if self.health is not None:
+            self.health.up("center")
         self._wake.set()
         log.info("connected to the center %s:%d (session %d)", self.config.center["host"],
                  self.config.center["port"], self.session)
@@ -128,109 +172,162 @@ class Uplink:
         """The center is unreachable or the TLS handshake failed; say so once, then rarely."""
         self._connect_failures += 1
         if self._connect_failures in (1, 10) or self._connect_failures % 100 == 0:
-            log.warning("cannot connect to the center %s:%d (attempt %d; check the network, its address and "
-                        "the agent's certificate); alerts wait in the outbox", self.config.center["host"],
-                        self.config.center["port"], self._connect_failures)
+            self._down("cannot connect to the center %s:%d (attempt %d; check the network, its address and the "
+                       "agent's certificate); alerts wait in the outbox"
+                       % (self.config.center["host"], self.config.center["port"], self._connect_failures))
+
+    def _down(self, reason):
+        if self.health is not None:
+            self.health.down("center", reason)
+        else:
+            log.warning("%s", reason)
 
     def _on_disconnect(self, client, userdata, flags, reason, props):
         self.connected.clear()
+        self._connected_at = None
+        self._acks.reset()
         self.metrics.center_connected.set(0)
         if not self._stop.is_set():
-            log.warning("lost the center (%s); alerts wait in the outbox", reason)
+            self._down("lost the center (%s); alerts wait in the outbox" % reason)
 
-    def _on_publish(self, client, userdata, mid, reason, props):
-        with self._lock:
-            if mid not in self._inflight:  # PUBACK before publish() returned: _track settles it
-                self._early[mid] = reason
-                return
-            tracked = self._inflight.pop(mid)
-        self._settle(tracked, reason)
-
-    def _track(self, info, tracked):
-        """Remember what a publish was for. Called after publish() returns, never under paho's
-        locks, since paho runs on_publish while holding its own."""
-        with self._lock:
-            reason = self._early.pop(info.mid, None)
-            if reason is None:
-                self._inflight[info.mid] = tracked
-                return
-        self._settle(tracked, reason)
-
-    def _settle(self, tracked, reason):
-        if tracked is None:
+    def _settle(self, sent, reason):
+        if sent.kind == "certificate":
             return
-        seq, received = tracked
         if reason.is_failure:
-            log.error("the center's broker refused alert #%d: %s (check the agent's ACL); it is sent "
-                      "again after the next reconnection", seq, reason)
-            with self._lock:
-                self._rewind_to = seq - 1 if self._rewind_to is None else min(self._rewind_to, seq - 1)
+            log.error("the center's broker refused %s %s: %s (check the agent's ACL); it is sent again after "
+                      "the next reconnection", sent.kind, sent.alert_id, reason)
+            if sent.kind == "alert":
+                with self._lock:
+                    self._rewind_to = (sent.seq - 1 if self._rewind_to is None
+                                       else min(self._rewind_to, sent.seq - 1))
             return
-        self.metrics.alert_delivered(max(0.0, self.clock() - received))
+        if sent.kind == "escalation":
+            return
+        self.metrics.alert_delivered(max(0.0, self.clock() - sent.received))
+        log.info("alert %s sent: %s of device %s, PUBACKed by the center's broker",
+                 sent.alert_id, sent.alert_type, sent.alert_id[:8])
         with self._lock:
-            self._delivered.append(seq)
+            self._delivered.append(sent.seq)
         self.delivered += 1
         self._wake.set()
 
     def _on_message(self, client, userdata, msg):
-        if msg.topic == agent_topic(self.agent_id, "monitor"):
-            try:
-                request = json.loads(msg.payload)
-            except ValueError:
-                log.warning("ignored a monitoring request that is not JSON")
-                return
-            if self.on_monitor is not None:
-                self.on_monitor(request)
-            return
+        done = self._acks.ticket(msg)
+        channel = msg.topic.rsplit("/", 1)[-1]
         try:
-            ack = json.loads(msg.payload)
-            alert_id, status = ack["alert_id"], ack["status"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed center ack on %s", msg.topic)
+            if msg.topic == agent_topic(self.agent_id, "ack"):
+                message = center_messages.parse_ack(msg.payload)
+                handler = self.on_ack
+            elif msg.topic == agent_topic(self.agent_id, "monitor"):
+                message = (center_messages.parse_monitor(msg.payload),)
+                handler = self.on_monitor
+            else:
+                raise Refused("not a topic the agent subscribes to")
+        except Refused as refused:
+            self.refused(channel, refused)
+            done()
             return
-        self.store.mark_acked(alert_id, self.clock())
-        if self.on_ack is not None:
-            self.on_ack(alert_id, status)
+        if handler is None:
+            done()
+            return
+        self.metrics.center_messages.labels(channel, "accepted").inc()
+        handler(*message, done)
+
+    def refused(self, channel, reason):
+        """A message from the center that the agent does not act on: counted and logged
+        (first of each channel at once, then sampled: a broken center can send thousands)."""
+        self.metrics.center_messages.labels(channel, "refused").inc()
+        count = self._refused[channel] = self._refused.get(channel, 0) + 1
+        if count <= 10 or count % 1000 == 0:
+            log.warning("refused a message from the center on %s (%d so far): %s", channel, count, reason)
 
     def _run(self):
         while not self._stop.is_set():
+            self._beat()
             self._wake.wait(1.0)
             self._wake.clear()
-            self._record_delivered()
-            self._publish_pending()
-            self._escalate()
+            try:
+                self._record_delivered()
+                if self._ready():
+                    self._publish_pending()
+                    self._escalate()
+                if self.health is not None:
+                    self.health.up("uplink")
+            except StorageError as err:
+                self.health.down("uplink", err) if self.health is not None else log.error("%s", err)
+                self._stop.wait(1.0)
+            except Exception as exc:
+                if self.health is None:
+                    raise
+                self.health.fatal("uplink", exc)
+                return
+
+    def _ready(self):
+        """Connected, and paho's retransmissions from earlier connections are PUBACKed."""
+        if not self.connected.is_set():
+            return False
+        with self._lock:
+            generation = self._generation
+        return all(sent.generation >= generation for sent in self._sent.pending() if sent.kind != "certificate")
 
     def _record_delivered(self):
         with self._lock:
             seqs, self._delivered = self._delivered, []
         if seqs:
-            self.store.mark_delivered(seqs, self.clock())
+            try:
+                self.store.mark_delivered(seqs, self.clock())
+            except StorageError:
+                with self._lock:
+                    self._delivered[:0] = seqs
+                raise
 
     def _publish_pending(self):
-        while not self._stop.is_set():
-            with self._lock:
-                room = WINDOW - len(self._inflight)
+        with self._lock:
+            generation = self._generation
+        while not self._stop.is_set() and self.connected.is_set():
+            room = WINDOW - len(self._sent)
             if room <= 0:
                 return
             rows = self.store.undelivered(self._published_to, room)
             if not rows:
                 return
             for seq, alert_id, body, received in rows:
-                device_hex = alert_id.split("-", 1)[0]
-                self._publish(alerts_topic(self.config.center["district"], device_hex), body, (seq, received))
+                alert_type = json.loads(body).get("type")
+                self._publish(alerts_topic(self.config.center["district"], alert_id.split("-", 1)[0]), body,
+                              _Sent("alert", generation, seq, alert_id, alert_type, received))
                 self._published_to = seq
 
-    def _publish(self, topic, body, tracked, retain=False):
-        self._track(self.client.publish(topic, body, qos=1, retain=retain), tracked)
+    def _publish(self, topic, body, sent, retain=False):
+        self._sent.track(self.client.publish(topic, body, qos=1, retain=retain), sent)
 
     def _escalate(self):
+        """Alerts the district has not acknowledged within ``escalation_s`` of having them go
+        to the fallback center too, once each, at most ESCALATIONS_PER_S."""
         center = self.config.center
-        for seq, alert_id, body in self.store.due_for_escalation(self.clock() - center["escalation_s"]):
+        now_mono = time.monotonic()
+        self._tokens = min(ESCALATION_BURST, self._tokens + (now_mono - self._tokens_at) * ESCALATIONS_PER_S)
+        self._tokens_at = now_mono
+        room = min(int(self._tokens), ESCALATION_WINDOW - sum(1 for s in self._sent.pending()
+                                                               if s.kind == "escalation"),
+                   WINDOW - len(self._sent))
+        if room <= 0:
+            return
+        now = self.clock()
+        connected_for = now_mono - (self._connected_at or now_mono)
+        # Undelivered alerts escalate only when the district's broker has been reachable the
+        # whole delay and still has not taken them (it refuses them); after an outage they
+        # are merely waiting their turn, and the district gets the delay from delivery.
+        created_before = now - center["escalation_s"] if connected_for >= center["escalation_s"] else None
+        with self._lock:
+            generation = self._generation
+        for seq, alert_id, body in self.store.due_for_escalation(now - center["escalation_s"], created_before, room):
             escalated = json.loads(body)
             escalated["escalated_from"] = center["district"]
             self._publish(alerts_topic(center["fallback"], alert_id.split("-", 1)[0]),
-                          json.dumps(escalated, sort_keys=True), None)
+                          json.dumps(escalated, sort_keys=True), _Sent("escalation", generation, seq, alert_id))
             self.store.mark_escalated(seq)
+            self._tokens -= 1
             self.metrics.escalations.inc()
-            log.warning("alert %s not acknowledged by %s within %d s: escalated to %s",
-                        alert_id, center["district"], center["escalation_s"], center["fallback"])
+            log.warning("alert %s escalated: %s of device %s not acknowledged by %s within %d s, sent to %s",
+                        alert_id, escalated.get("type"), alert_id[:8], center["district"], center["escalation_s"],
+                        center["fallback"])

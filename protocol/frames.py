@@ -317,6 +317,30 @@ def seal(head, clear, keys, downlink):
 
 
 def check_fresh(counter, last_counter):
-    """Replay rule: a frame is new only if its counter is above the last accepted one."""
+    """Strict replay rule (devices, SPEC.md 5): new only if above the last accepted counter."""
     if last_counter is not None and counter <= last_counter:
         raise FrameError(REPLAY, "counter %d is not above the last accepted %d" % (counter, last_counter))
+
+
+REPLAY_WINDOW = 64
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+
+
+def accept_counter(counter, highest, seen):
+    """Replay rule with a window (the agent, SPEC.md 5), as IPsec and DTLS do: a frame is new
+    if its counter is above the highest accepted, or one of the REPLAY_WINDOW - 1 below it
+    not accepted yet (a genuine frame that a broker or a second path delivered late).
+    ``seen``: bit i set means counter ``highest - i`` was accepted. Returns the new
+    ``(highest, seen)``; raises FrameError(REPLAY) for a replay."""
+    if highest is None:
+        return counter, 1
+    if counter > highest:
+        shift = counter - highest
+        return counter, ((seen << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+    age = highest - counter
+    if age >= REPLAY_WINDOW:
+        raise FrameError(REPLAY, "counter %d is %d below the last accepted %d (window %d)"
+                         % (counter, age, highest, REPLAY_WINDOW))
+    if (seen >> age) & 1:
+        raise FrameError(REPLAY, "counter %d was already accepted (last accepted %d)" % (counter, highest))
+    return highest, seen | (1 << age)

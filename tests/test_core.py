@@ -75,11 +75,31 @@ def test_wearable_sos_becomes_a_located_enriched_alert_and_blinks_nearby_lights(
 
 
 def test_the_same_frame_heard_twice_is_one_event_and_an_old_counter_is_a_replay(core, street, clock):
-    first = sos_from(street.wearables[0], 5, clock)
-    older = sos_from(street.wearables[0], 4, clock)
+    first = sos_from(street.wearables[0], 100, clock)
+    older = sos_from(street.wearables[0], 100 - frames.REPLAY_WINDOW, clock)
     outcomes, _ = core.process_batch([Reception(first, "ble", "ble0"), Reception(first, "serial", "uart0"),
                                       Reception(older, "ble", "ble0")])
     assert [o.verdict for o in outcomes] == ["accepted", "duplicate", "replay"]
+
+
+def test_a_genuine_frame_that_arrives_late_is_accepted_once_and_its_replay_refused(core, street, clock):
+    """A broker that redelivers a backlog out of order must not make the agent drop a press
+    it has acknowledged (SPEC.md 5: the replay window)."""
+    bell = street.bells[0]
+    outcomes, _ = core.process_batch([Reception(bell_press(bell, c), "mqtt", "local") for c in (10, 12, 11, 9)])
+    assert [o.verdict for o in outcomes] == ["accepted"] * 4
+    assert {o.alert_id for o in outcomes} == {"%s-%d" % (bell.hex_id, c) for c in (9, 10, 11, 12)}
+    clock.now += street_config_dedup_s(core) + 1  # past the dedup window: only the counter rule is left
+    outcomes, _ = core.process_batch([Reception(bell_press(bell, c), "mqtt", "local") for c in (11, 9, 12)])
+    assert [o.verdict for o in outcomes] == ["replay"] * 3
+    core.store.close()
+    _, reopened = make_core(street, clock)  # the window is stored with the counter
+    assert reopened.up_state(bell.device_id) == (12, 0b1111)
+    reopened.close()
+
+
+def street_config_dedup_s(core):
+    return core.config.agent["dedup_window_s"]
 
 
 def test_forged_unknown_and_mismatched_frames_are_refused_with_their_reason(core, street, clock):
@@ -166,13 +186,13 @@ def test_acknowledgement_runs_only_after_the_batch_is_on_disk(street, clock, tmp
 def test_counters_dedup_window_and_rid_state_survive_a_restart(street, clock):
     wearable = street.wearables[0]
     core, store = make_core(street, clock)
-    frame = sos_from(wearable, 7, clock)
+    frame = sos_from(wearable, 70, clock)
     core.process_batch([Reception(frame, "ble", "ble0")])
     store.close()
     core, store = make_core(street, clock)
     outcomes, _ = core.process_batch([Reception(frame, "ble", "ble0"),
-                                      Reception(sos_from(wearable, 6, clock), "ble", "ble0"),
-                                      Reception(sos_from(wearable, 8, clock), "ble", "ble0")])
+                                      Reception(sos_from(wearable, 70 - frames.REPLAY_WINDOW, clock), "ble", "ble0"),
+                                      Reception(sos_from(wearable, 71, clock), "ble", "ble0")])
     assert [o.verdict for o in outcomes] == ["duplicate", "replay", "accepted"]
     store.close()
 
@@ -221,7 +241,8 @@ def test_acknowledged_alerts_are_purged_after_retention_and_open_ones_kept(core,
     bells = street.bells
     outcomes, _ = core.process_batch([Reception(bell_press(bells[0], 1), "mqtt", "local"),
                                       Reception(bell_press(bells[1], 1), "mqtt", "local")])
-    core.store.mark_acked(outcomes[0].alert_id, clock.now)
+    core.store.ack_alert(outcomes[0].alert_id, "received", clock.now)
+    core.store.commit()
     retention = 30 * 86400
     assert core.store.purge(clock.now + retention - 1, retention, 600) == 0
     assert core.store.purge(clock.now + retention + 1, retention, 600) == 1
