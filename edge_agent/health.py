@@ -31,6 +31,13 @@ class Health:
         if was_down is not None:
             log.info("%s is back up", component)
 
+    def starting(self, component, what):
+        """``component`` is on its way up: down until it says ``up``, without an error."""
+        with self._lock:
+            self._down[component] = what
+        self._gauge.labels(component).set(0)
+        log.info("%s: %s", component, what)
+
     def down(self, component, reason):
         """Mark ``component`` down; logged when the reason changes, not at every retry."""
         reason = str(reason)

@@ -62,7 +62,8 @@ class LocalMqtt:
         """Connect in the background; ``wait_connected`` tells when the broker keeps our messages."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self._down("connecting to the local MQTT broker %s:%d" % (self.host, self.port))
+        if self.health is not None:
+            self.health.starting(COMPONENT, "connecting to the local MQTT broker %s:%d" % (self.host, self.port))
         self.client.connect_async(self.host, self.port, clean_start=False, properties=props)
         self.client.loop_start()
 

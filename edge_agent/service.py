@@ -183,7 +183,6 @@ class Agent:
                 for job in work:
                     job()
                 self._periodic()
-            self.health.down("pipeline", "stopped")
         except _Stopping:
             pass
         except Exception as exc:
