@@ -47,7 +47,7 @@ def availability(device, online, last_heard, now, config, reason):
     state = "online" if online else "offline"
     return {
         "schema": SCHEMA_ID,
-        "alert_id": "%s-%s-%d" % (device.hex_id, state, int(last_heard)),
+        "alert_id": "%s-%s-%d" % (device.hex_id, state, round(last_heard * 1000)),  # ms: a device can come and go within a second
         "type": "device_" + state,
         "test": False,
         "device": {"id": device.hex_id, "role": device.role, "name": device.name},

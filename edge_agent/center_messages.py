@@ -17,7 +17,7 @@ MAX_MESSAGE = 64 * 1024
 MAX_ROUTE_POINTS = 1000
 MAX_SESSION = 64
 # alerts.alert_id of a frame, or of a device_online / device_offline event
-ALERT_ID = re.compile(r"\A[0-9a-f]{8}-(?:[0-9]{1,10}|online-[0-9]{1,12}|offline-[0-9]{1,12})\Z")
+ALERT_ID = re.compile(r"\A[0-9a-f]{8}-(?:[0-9]{1,10}|online-[0-9]{1,15}|offline-[0-9]{1,15})\Z")
 
 
 class Refused(ValueError):

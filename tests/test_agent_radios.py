@@ -11,7 +11,7 @@ import tty
 import pytest
 
 from ansim_agent import config as config_module
-from ansim_agent.intake import IntakeUnavailable, Reception
+from ansim_agent.intake import Reception
 from ansim_agent.metrics import Metrics
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames, serial_link, topics
@@ -75,12 +75,18 @@ def test_bell_press_on_a_serial_line_reaches_the_center(tmp_path, mqtt_client):
         os.close(line)
 
 
-def test_a_missing_serial_port_stops_the_agent_with_one_clear_error(tmp_path):
+def test_a_missing_serial_port_leaves_the_agent_running_degraded_with_one_clear_error(tmp_path, mqtt_client):
+    """The radio may be plugged in later: the agent runs, says what is missing, and retries."""
     with MosquittoBroker(workdir=tmp_path / "center") as center:
         street = Street(tmp_path / "street", center_port=center.port,
                         overrides={"serial": {"enabled": "true", "url": '"/dev/ttyNOPE0"'}})
-        with pytest.raises(IntakeUnavailable, match="/dev/ttyNOPE0"):
-            Agent(config_module.load(street.config_path)).start()
+        births = mqtt_client(center)
+        births.subscribe("ansim/center/v1/agents/+/state")
+        with Agent(config_module.load(street.config_path)) as agent:
+            assert json.loads(births.next_message(WAIT_S).payload)["state"] == "online"
+            waits.until(lambda: "serial" in agent.health.down_components(), WAIT_S, "serial shown down")
+            assert "/dev/ttyNOPE0" in agent.health.down_components()["serial"]
+            assert agent.health.fault is None and agent.uplink.connected.is_set()
 
 
 def test_the_centers_ack_reaches_the_wearable_over_ble(tmp_path, air, mqtt_client):
