@@ -6,9 +6,12 @@ The schema is data (``SCHEMA``), with a line of documentation per key.
 """
 
 import difflib
+import ipaddress
 import os
+import re
 import ssl
 import tomllib
+import unicodedata
 from pathlib import Path
 
 
@@ -17,9 +20,31 @@ class ConfigError(ValueError):
 
 
 class Setting:
-    def __init__(self, kind, default=None, required=False, low=None, high=None, choices=None, doc=""):
+    def __init__(self, kind, default=None, required=False, low=None, high=None, choices=None, doc="",
+                 name=None):
         self.kind, self.default, self.required = kind, default, required
         self.low, self.high, self.choices, self.doc = low, high, choices, doc
+        self.name = name  # a NameRule: the string goes into MQTT client ids or topics
+
+
+class NameRule:
+    """What a string that ends up in an MQTT client id or topic may hold, and why.
+
+    MQTT gives '/', '+' and '#' a meaning in topics, forbids NUL, and brokers need only accept
+    client ids of letters and digits. Such a value did not fail at start: an agent id
+    "edge+01" lost the center every 0.5 s, a district "jung gu/#" killed the uplink thread.
+    So it is refused here, with the key and a fixed value to copy."""
+
+    def __init__(self, why, max_len, client_id=False):
+        self.why, self.max_len, self.client_id = why, max_len, client_id
+
+
+CLIENT_ID_MAX = 64  # the agent keeps its MQTT client ids to [A-Za-z0-9._-], at most 64 characters
+LOCAL_CLIENT_SUFFIX = "-local"  # the local broker's client id is [agent] id + this
+SEGMENT_MAX = 64
+_CLIENT_ID_CHARS = re.compile(r"[A-Za-z0-9._-]")
+_AGENT_ID = NameRule("it is the agent's MQTT client id, '<id>%s' on the local broker, and a topic segment"
+                     % LOCAL_CLIENT_SUFFIX, CLIENT_ID_MAX - len(LOCAL_CLIENT_SUFFIX), client_id=True)
 
 
 _POSITION = "position"  # {lat, lon} table
@@ -27,8 +52,12 @@ _PATH = "path"
 
 SCHEMA = {
     "agent": {
-        "id": Setting(str, required=True, doc="this agent's name, unique in the city: MQTT client id, alert ids"),
-        "site": Setting(str, default="site", doc="district or site name shown to the center"),
+        "id": Setting(str, required=True, name=_AGENT_ID,
+                      doc="this agent's name, unique in the city: MQTT client id and topic segment; letters, "
+                          "digits, '.', '_', '-', at most %d characters" % _AGENT_ID.max_len),
+        "site": Setting(str, default="site", doc="district or site name shown to the center",
+                        name=NameRule("it names this agent to the center in every alert; kept to what a topic "
+                                      "segment may hold", SEGMENT_MAX)),
         "position": Setting(_POSITION, required=True, doc="where the agent's radio is: { lat = .., lon = .. }"),
         "data_dir": Setting(_PATH, default="/var/lib/ansim", doc="SQLite store and state"),
         "registry": Setting(_PATH, required=True, doc="the device registry: devices, their key files, cameras, facilities"),
@@ -45,12 +74,18 @@ SCHEMA = {
     "center": {
         "host": Setting(str, required=True, doc="the control center's MQTT broker"),
         "port": Setting(int, default=8883, low=1, high=65535),
-        "tls": Setting(bool, default=True, doc="false only for tests on loopback"),
+        "tls": Setting(bool, default=True, doc="false only for tests on loopback (or see allow_plaintext)"),
+        "allow_plaintext": Setting(bool, default=False,
+                                   doc="true to send alerts unencrypted to a non-loopback host (a lab network)"),
         "cafile": Setting(_PATH, doc="CA of the center's broker"),
         "certfile": Setting(_PATH, doc="this agent's client certificate"),
         "keyfile": Setting(_PATH, doc="this agent's private key (readable only by the agent)"),
-        "district": Setting(str, required=True, doc="topic segment of the district center"),
-        "fallback": Setting(str, default="citywide", doc="topic segment of the citywide center"),
+        "district": Setting(str, required=True, doc="topic segment of the district center",
+                            name=NameRule("it is a segment of the alert topic ansim/center/v1/<district>/alerts/...",
+                                          SEGMENT_MAX)),
+        "fallback": Setting(str, default="citywide", doc="topic segment of the citywide center",
+                            name=NameRule("it is a segment of the alert topic ansim/center/v1/<fallback>/alerts/...",
+                                          SEGMENT_MAX)),
         "mqtt_version": Setting(int, default=5, choices=(5, 3), doc="5, or 3 (3.1.1) for a center broker without MQTT v5"),
         "escalation_s": Setting(int, default=30, low=1, high=3600, doc="unacknowledged alerts go to the fallback after this"),
     },
@@ -147,6 +182,11 @@ def validate(raw, path):
         sections[section] = {key: _value(path, section, key, setting, given, base)
                              for key, setting in settings.items()}
     center = sections["center"]
+    if not center["tls"] and not center["allow_plaintext"] and not is_loopback(center["host"]):
+        raise ConfigError("%s: [center] tls: false toward %s, which is not this machine (loopback), would send "
+                          "alerts unencrypted over the network: set tls = true with cafile, certfile and keyfile, "
+                          "or add allow_plaintext = true under [center] if this is a lab network"
+                          % (path, center["host"]))
     if center["tls"]:
         for key in ("cafile", "certfile", "keyfile"):
             if center[key] is None:
@@ -203,7 +243,64 @@ def _value(path, section, key, setting, given, base):
     if setting.choices and value not in setting.choices:
         raise ConfigError("%s: must be one of %s, got %r%s" % (where, ", ".join(map(str, setting.choices)), value,
                                                                did_you_mean(value, setting.choices)))
+    if setting.name is not None:
+        _check_name(where, key, setting.name, value)
     return value
+
+
+def _check_name(where, key, rule, value):
+    """One ConfigError for a value that an MQTT client id or topic cannot carry."""
+    if not value:
+        raise ConfigError("%s: must not be empty (%s): e.g. %s = \"%s\"" % (where, rule.why, key, _example(key)))
+    if rule.client_id:
+        bad = [c for c in value if not _CLIENT_ID_CHARS.fullmatch(c)]
+        allowed = "may hold only letters A-Z a-z, digits, '.', '_' and '-'"
+    else:
+        bad = [c for c in value if c in "/+#" or c.isspace() or unicodedata.category(c).startswith("C")]
+        allowed = "must be one MQTT topic segment, without '/', '+', '#', spaces or control characters"
+    if bad:
+        fixed = re.sub(r"-{2,}", "-", "".join("-" if c in bad else c for c in value)).strip("-") or _example(key)
+        raise ConfigError("%s: %s (%s), got %s (with %s): e.g. %s = \"%s\""
+                          % (where, allowed, rule.why, _quoted(value), _describe(bad), key, fixed))
+    if len(value) > rule.max_len:
+        raise ConfigError("%s: must be at most %d characters (%s%s), got %d: shorten it"
+                          % (where, rule.max_len, rule.why,
+                             "; MQTT client ids are kept to %d" % CLIENT_ID_MAX if rule.client_id else "",
+                             len(value)))
+
+
+def _example(key):
+    return {"id": "edge-jung-01", "site": "jung-gu", "district": "jung-gu", "fallback": "citywide"}.get(key, "...")
+
+
+def _quoted(value):
+    """The value as it is written in TOML, control characters escaped (one line, visible)."""
+    return '"%s"' % "".join(c if c.isprintable() and not c.isspace() or c == " " else "\\u%04X" % ord(c)
+                            for c in value)
+
+
+def _describe(chars):
+    names = []
+    for c in dict.fromkeys(chars):
+        if c == " ":
+            names.append("a space")
+        elif c == "\0":
+            names.append("a NUL")
+        elif c in "/+#" or c.isprintable() and not c.isspace():
+            names.append("'%s'" % c)
+        else:
+            names.append("U+%04X, %s" % (ord(c), "whitespace" if c.isspace() else "a control or invisible character"))
+    return ", ".join(names)
+
+
+def is_loopback(host):
+    """True for localhost, 127.0.0.0/8 and ::1: traffic that never leaves this machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _range(setting):

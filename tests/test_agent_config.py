@@ -169,6 +169,54 @@ CONFIG_CASES = {
     "keyfile readable by the group": (
         _keyfile_mode(0o640),
         ["agent.toml", "[center] keyfile", "(mode 640)", "chmod 600"]),
+    # Values that go into MQTT client ids and topics: a bad one would not fail at start but loop
+    # reconnecting ('+' in the client id and the ack topic) or kill the uplink thread (a '/').
+    "a '+' in the agent id": (
+        _set("agent", "id", '"edge+01"'),
+        ["agent.toml", "[agent] id", "may hold only letters A-Z a-z, digits, '.', '_' and '-'", "MQTT client id",
+         'got "edge+01" (with \'+\')', 'e.g. id = "edge-01"']),
+    "a space in the agent id": (
+        _set("agent", "id", '"edge 01"'),
+        ["[agent] id", 'got "edge 01" (with a space)', 'e.g. id = "edge-01"']),
+    "an empty agent id": (
+        _set("agent", "id", '""'),
+        ["[agent] id", "must not be empty", 'e.g. id = "edge-jung-01"']),
+    "an agent id too long for a client id": (
+        _set("agent", "id", '"%s"' % ("e" * 59)),
+        ["[agent] id", "must be at most 58 characters", "'<id>-local' on the local broker",
+         "MQTT client ids are kept to 64", "got 59", "shorten it"]),
+    "a '#' in the site": (
+        _set("agent", "site", '"jung#1"'),
+        ["[agent] site", "must be one MQTT topic segment, without '/', '+', '#', spaces or control characters",
+         'got "jung#1" (with \'#\')', 'e.g. site = "jung-1"']),
+    "a space, '/' and '#' in the district": (
+        _set("center", "district", '"jung gu/#"'),
+        ["[center] district", "must be one MQTT topic segment", "ansim/center/v1/<district>/alerts/",
+         'got "jung gu/#" (with a space, \'/\', \'#\')', 'e.g. district = "jung-gu"']),
+    "a control character in the district": (
+        _set("center", "district", '"jung\\u0007gu"'),
+        ["[center] district", 'got "jung\\u0007gu" (with U+0007, a control or invisible character)',
+         'e.g. district = "jung-gu"']),
+    "a NUL in the fallback": (
+        _set("center", "fallback", '"city\\u0000wide"'),
+        ["[center] fallback", "ansim/center/v1/<fallback>/alerts/", "(with a NUL)", 'e.g. fallback = "city-wide"']),
+    "an empty fallback": (
+        _set("center", "fallback", '""'),
+        ["[center] fallback", "must not be empty", 'e.g. fallback = "citywide"']),
+    "a district too long": (
+        _set("center", "district", '"%s"' % ("d" * 65)),
+        ["[center] district", "must be at most 64 characters", "got 65"]),
+    "plaintext to a host that is not loopback": (
+        _set("center", "host", '"center.example"'),
+        ["agent.toml", "[center] tls", "false toward center.example", "not this machine (loopback)",
+         "unencrypted", "set tls = true with cafile, certfile and keyfile",
+         "or add allow_plaintext = true under [center] if this is a lab network"]),
+    "plaintext to a LAN address": (
+        _set("center", "host", '"192.168.0.10"'),
+        ["[center] tls", "false toward 192.168.0.10", "allow_plaintext = true"]),
+    "allow_plaintext not a boolean": (
+        _set("center", "allow_plaintext", '"yes"'),
+        ["[center] allow_plaintext", "must be true or false", "got 'yes'"]),
 }
 
 
@@ -179,6 +227,36 @@ def test_a_bad_config_is_one_line_naming_key_problem_and_fix(site, case, action)
     mutate(site)
     site.write()
     assert_one_line_error(ansim_agent(site.config_path, action), *fragments)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("agent", "id", "e" * 58),  # its local client id, e...e-local, is 64 characters
+    ("agent", "id", "Edge_jung.01-b"),
+    ("agent", "site", "중구"),  # a topic may hold any UTF-8 but '/', '+', '#' and control characters
+    ("center", "district", "jung-gu_2"),
+    ("center", "fallback", "seoul.citywide"),
+])
+def test_names_that_mqtt_carries_are_accepted(site, section, key, value):
+    _set(section, key, '"%s"' % value)(site)
+    site.write()
+    assert getattr(config_module.load(site.config_path), section)[key] == value
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.1", "localhost", "LOCALHOST", "::1"])
+def test_plaintext_to_this_machine_needs_no_opt_in(site, host):
+    _set("center", "host", '"%s"' % host)(site)
+    site.write()
+    config = config_module.load(site.config_path)
+    assert (config.center["tls"], config.center["allow_plaintext"]) == (False, False)
+
+
+def test_plaintext_to_a_lab_network_with_the_explicit_opt_in(site):
+    _set("center", "host", '"192.168.0.10"')(site)
+    _set("center", "allow_plaintext", "true")(site)
+    site.write()
+    config = config_module.load(site.config_path)
+    assert (config.center["host"], config.center["tls"], config.center["allow_plaintext"]) == \
+        ("192.168.0.10", False, True)
 
 
 def test_a_missing_config_file(tmp_path):
