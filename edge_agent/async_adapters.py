@@ -43,9 +43,9 @@ class AsyncAdapters:
             try:
                 await asyncio.wait_for(intake.start(), START_TIMEOUT_S)
             except IntakeUnavailable as err:
-                self.health.down(name, "%s; trying again in %.0f s" % (err, delay))
+                self.health.down(name, "%s; trying again" % err)
             except asyncio.TimeoutError:
-                self.health.down(name, "did not start within %.0f s; trying again in %.0f s" % (START_TIMEOUT_S, delay))
+                self.health.down(name, "did not start within %.0f s; trying again" % START_TIMEOUT_S)
             except Exception as exc:
                 self.health.fatal(name, exc)
                 return

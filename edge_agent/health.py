@@ -38,14 +38,15 @@ class Health:
         self._gauge.labels(component).set(0)
         log.info("%s: %s", component, what)
 
-    def down(self, component, reason):
-        """Mark ``component`` down; logged when the reason changes, not at every retry."""
+    def down(self, component, reason, quiet=False):
+        """Mark ``component`` down; logged when the reason changes, not at every retry
+        (``quiet``: the caller logs it itself)."""
         reason = str(reason)
         with self._lock:
             previous = self._down.get(component)
             self._down[component] = reason
         self._gauge.labels(component).set(0)
-        if previous != reason:
+        if previous != reason and not quiet:
             log.error("%s is DOWN: %s", component, reason)
 
     def is_up(self, component):

@@ -42,7 +42,7 @@ class LocalMqtt:
         self.host, self.port = host, port
         self.health = health
         self._connected = threading.Event()
-        self._failures = 0
+        self._first_attempt = threading.Event()  # connected and subscribed, or failed once
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.manual_ack_set(True)
         self.client.max_inflight_messages_set(1000)
@@ -67,14 +67,18 @@ class LocalMqtt:
         self.client.connect_async(self.host, self.port, clean_start=False, properties=props)
         self.client.loop_start()
 
-    def wait_connected(self, timeout):
-        return self._connected.wait(timeout)
+    def wait_first_attempt(self, timeout):
+        """Until the first connection attempt succeeded (True) or failed (False): a broker
+        that is there is subscribed to before the agent says it runs."""
+        self._first_attempt.wait(timeout)
+        return self._connected.is_set()
 
     def stop(self):
         self.client.disconnect()
         self.client.loop_stop()
 
     def _down(self, reason):
+        self._first_attempt.set()
         if self.health is not None:
             self.health.down(COMPONENT, reason)
         else:
@@ -88,7 +92,6 @@ class LocalMqtt:
         client.subscribe([(topics.UPLINK_FILTER, 1), (topics.RELAY_FILTER, 1), (topics.STATE_FILTER, 1)])
 
     def _on_connect_fail(self, client, userdata):
-        self._failures += 1
         self._down("cannot reach the local MQTT broker %s:%d: start mosquitto on the Pi (`sudo systemctl start "
                    "mosquitto`) or fix [local_mqtt] in the config; retrying" % (self.host, self.port))
 
@@ -98,8 +101,8 @@ class LocalMqtt:
         if refused:
             self._down("the local broker refused the agent's subscriptions: %s (check its ACL)" % refused)
             return
-        self._failures = 0
         self._connected.set()
+        self._first_attempt.set()
         if self.health is not None:
             self.health.up(COMPONENT)
         log.info("connected to the local broker %s:%d", self.host, self.port)

@@ -44,6 +44,7 @@ TIME_EVERY_S = 6 * 3600  # bells and lights get the time again: an ESP32's RTC d
 SUPERVISE_EVERY_S = 5.0
 STORAGE_RETRY_S = 1.0
 RELAY_FLUSH_S = 1.0  # how often frames handed over are crossed off the relay outbox
+LOCAL_CONNECT_WAIT_S = 10.0  # at start, for the local broker's answer before going on without it
 STALE_TIME_FRAME_S = 60  # a time frame older than this is not sent again after a restart
 
 
@@ -114,6 +115,7 @@ class Agent:
         self._thread.start()
         if self.local is not None:
             self.local.start()
+            self.local.wait_first_attempt(LOCAL_CONNECT_WAIT_S)
         if self.radios:
             self._adapters = AsyncAdapters(self.health)
             self._adapters.start(self.radios)

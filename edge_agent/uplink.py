@@ -187,8 +187,10 @@ class Uplink:
         self._connected_at = None
         self._acks.reset()
         self.metrics.center_connected.set(0)
-        if not self._stop.is_set():
-            self._down("lost the center (%s); alerts wait in the outbox" % reason)
+        if not self._stop.is_set():  # every time: a flapping link shows in the log
+            log.warning("lost the center (%s); alerts wait in the outbox", reason)
+            if self.health is not None:
+                self.health.down("center", "lost the center (%s); alerts wait in the outbox" % reason, quiet=True)
 
     def _settle(self, sent, reason):
         if sent.kind == "certificate":

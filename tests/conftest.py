@@ -6,6 +6,7 @@ import pytest
 
 from ansim_simulators.broker import DEVICE_ACL, Bridge, MosquittoBroker
 from ansim_simulators.pki import create_pki
+from ansim_simulators.smallfs import MountUnavailable, SmallFilesystem
 
 
 @pytest.fixture
@@ -51,3 +52,31 @@ def mqtt_client():
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """Factory ``small_filesystem(size_bytes, kind="tmpfs")``: a mounted
+    ansim_simulators.smallfs.SmallFilesystem (tmpfs, or a loop-mounted ext4 image) below
+    tmp_path, to fill up or make read-only; unmounted after the test (stop whatever has files
+    open on it first). Skips when mounting needs root and this is not root."""
+    mounted = []
+
+    def make(size_bytes, kind="tmpfs"):
+        fs = SmallFilesystem(size_bytes, kind, directory=tmp_path / ("smallfs-%d" % len(mounted)))
+        try:
+            fs.mount()
+        except MountUnavailable as err:
+            pytest.skip(str(err))
+        mounted.append(fs)
+        return fs
+
+    yield make
+    errors = []
+    for fs in reversed(mounted):
+        try:
+            fs.unmount()
+        except Exception as err:  # unmount the others anyway
+            errors.append(err)
+    if errors:
+        raise errors[0]

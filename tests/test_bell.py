@@ -2,7 +2,8 @@
 real mosquittos: a press reaches the center as a bell_press alert, the siren and strobe come on
 with the announcement, the center's ack makes the bell announce the connection and silence
 the siren; the tamper switch, replayed and forged acks, and the heartbeat; pressing again
-during the alarm; power cycles that never reuse a counter; the watchdog."""
+during the alarm; power cycles that never reuse a counter; the watchdog; a 1 MB message on its
+down topic, drained unread without losing the link."""
 
 import contextlib
 import json
@@ -15,7 +16,7 @@ from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
 from ansim_simulators import waits
-from ansim_simulators.broker import MosquittoBroker
+from ansim_simulators.broker import DEVICE_MAX_PACKET_SIZE, MosquittoBroker
 from ansim_simulators.street import Street
 from ansim_simulators.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
@@ -58,8 +59,11 @@ class Site:
 
 
 @contextlib.contextmanager
-def bell_site(tmp_path, mqtt_client, **settings):
-    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+def bell_site(tmp_path, mqtt_client, local_cap=DEVICE_MAX_PACKET_SIZE, **settings):
+    """The Site; ``local_cap``: the local broker's max_packet_size (``None``: none); ``settings``:
+    more config.json keys."""
+    with MosquittoBroker(workdir=tmp_path / "local", max_packet_size=local_cap) as local, \
+            MosquittoBroker(workdir=tmp_path / "center") as center:
         street = Street(tmp_path / "street", center_port=center.port, local_port=local.port)
         bell = street.bells[0]
         flash(tmp_path / "flash", bell, local.port, **settings)
@@ -195,6 +199,33 @@ def test_bell_press_alerts_the_center_sounds_and_confirms_the_ack(tmp_path, mqtt
         assert not [e for e in ctl.events() if e.get("ev") in ("wdt", "vm_exit")]
         if os.environ.get("ANSIM_SHOW_PRINTS"):
             print(output)
+
+
+def test_a_1_mb_message_on_the_down_topic_is_drained_and_the_center_ack_still_arrives(tmp_path, mqtt_client):
+    """During an alarm, 1 MB published straight to the bell's down topic on a local broker without
+    max_packet_size (the firmware's own defense): the bell drains it unread, stays connected (one
+    connection in the broker's log) and announces the center's ack that follows."""
+    with bell_site(tmp_path, mqtt_client, local_cap=None) as site:
+        ctl, board, bell = site.ctl, site.board, site.bell
+        printed(board, "bell: online as %s" % bell.hex_id, 0)
+        mark = ctl.mark()
+        press(ctl)
+        press_frame = next_frame(site.uplink, site.keys, "bell_press")[0]
+        alert = next_alert(site.center, "bell_press", alert_id="%s-%d" % (bell.hex_id, press_frame.counter))[0]
+        printed(board, CALLING, mark)
+
+        mark = ctl.mark()
+        assert not site.downlink.publish(site.down_topic, os.urandom(1 << 20), qos=1).is_failure
+        printed(board, "mqtt: dropped an oversize packet", mark)
+        site.ack(alert, "received")
+        printed(board, CONNECTED, mark)
+        ctl.wait_for(since=mark, timeout=WAIT_S, ev="pin", pin=SIREN, value=0)
+
+        output = prints(board)
+        for sign in ("MemoryError", "Traceback", "mqtt: receive ended", "mqtt: link"):
+            assert sign not in output, output
+        assert output.count("bell: online as") == 1, output
+        assert site.local.log_path.read_text().count("as %s " % bell.hex_id) == 1  # connected once
 
 
 def test_pressing_again_during_the_alarm_sends_a_new_bell_press_without_a_new_alarm(tmp_path, mqtt_client):

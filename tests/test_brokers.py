@@ -11,7 +11,10 @@ import time
 import pytest
 
 from ansim_simulators import broker as broker_module
-from ansim_simulators.broker import BrokerError, ConnectFailed, MosquittoBroker, MosquittoNotFound
+import paho.mqtt.client as mqtt
+
+from ansim_simulators.broker import (DEVICE_MAX_PACKET_SIZE, MAX_PACKET_SIZE, BrokerError, ConnectFailed,
+                                     MosquittoBroker, MosquittoNotFound)
 from ansim_simulators.pki import TlsFiles
 
 DEVICE = "00020001"
@@ -70,6 +73,33 @@ def test_bridge_carries_qos1_from_edge_to_center(bridged_brokers, mqtt_client):
     assert not mqtt_client(edge, client_id="device").publish(up(DEVICE), b"alert", qos=1).is_failure
     msg = sub.next_message()
     assert (msg.topic, msg.payload, msg.qos) == (up(DEVICE), b"alert", 1)
+
+
+ALERT_SIZED = b'{"schema": "ansim.alert/1", "route": [' + b"[37.5663, 126.9779], " * 200 + b"[0, 0]]}"
+
+
+@pytest.mark.parametrize("cap, passes, refused", [
+    (DEVICE_MAX_PACKET_SIZE, b"\x10" + bytes(63), bytes(2000)),  # a frame is at most 64 bytes
+    (MAX_PACKET_SIZE, ALERT_SIZED, bytes(1 << 20)),               # alerts and routes: a few KB
+    (None, bytes(1 << 20), None),
+])
+def test_max_packet_size_disconnects_the_sender_of_a_longer_packet(tmp_path, mqtt_client, cap, passes, refused):
+    """The cap applies to MQTT 3.1.1 clients too (as the devices are: no Maximum Packet Size told in
+    CONNACK): the sender is disconnected and nothing is delivered; what fits is delivered."""
+    with MosquittoBroker(workdir=tmp_path, max_packet_size=cap) as b:
+        assert ("max_packet_size %s" % cap in b.config_path.read_text()) == (cap is not None)
+        sub = mqtt_client(b, client_id="sub")
+        sub.subscribe("ansim/#", qos=1)
+        pub = mqtt_client(b, client_id="pub", protocol=mqtt.MQTTv311)
+        assert not pub.publish(up(DEVICE), passes, qos=1, timeout=10).is_failure
+        assert sub.next_message().payload == passes
+        if refused is None:
+            return
+        pub.paho.publish(up(DEVICE), refused, qos=1)
+        assert pub.disconnected.wait(5)
+        mqtt_client(b, client_id="marker").publish(up(DEVICE), b"marker")
+        assert sub.next_message().payload == b"marker"  # the refused message would have come first
+        assert "Client pub disconnected due to oversize packet" in b.log_path.read_text()
 
 
 def test_restart_keeps_port_and_queued_messages_of_persistent_sessions(tmp_path):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from ansim_agent import center_messages
 from ansim_agent import config as config_module
 from ansim_agent.monitoring import Route
 from ansim_agent.service import Agent
@@ -38,7 +39,7 @@ def test_lights_follow_the_walker_and_are_restored_on_arrival(tmp_path):
 
     def commands(request):
         out = {}
-        for d in core.monitor(request, Clock().now):
+        for d in core.monitor(center_messages.parse_monitor(json.dumps(request)), Clock().now):
             light = next(l for l in street.lights if l.device_id == d.device_id)
             out[d.device_id] = frames.unpack(d.frame, DeviceKeys(light.key)).fields["action"]
         return out
@@ -50,8 +51,8 @@ def test_lights_follow_the_walker_and_are_restored_on_arrival(tmp_path):
                      **{i: "brighten" for i in light_ids(street, (120, 140, 160))}}
     arrived = commands({"session": "walk-1", "action": "arrived"})
     assert arrived == {i: "restore" for i in light_ids(street, range(60, 161, 20))}
-    with pytest.raises(ValueError, match="no monitoring session"):
-        core.monitor({"session": "walk-1", "action": "update", "position": list(ORIGIN)}, Clock().now)
+    with pytest.raises(center_messages.Refused, match="no monitoring session"):
+        commands({"session": "walk-1", "action": "update", "position": list(ORIGIN)})
     store.close()
 
 

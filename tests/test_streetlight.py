@@ -2,12 +2,17 @@
 and a real mosquitto: it connects, blinks when a bell near it is pressed, ignores forged and
 replayed commands, and falls back to its schedule when the broker goes away; a light whose RTC
 lost power gets the time from the agent when it connects; a dead lamp is reported; a frozen
-firmware is reset by the watchdog."""
+firmware is reset by the watchdog; a 1 MB message on its command topic is drained unread, the link
+kept (also shown for the devices' MQTT client alone, in a 64 KB heap)."""
 
 import contextlib
 import json
 import os
+import socket
+import struct
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +21,8 @@ from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
-from ansim_simulators import waits
-from ansim_simulators.broker import MosquittoBroker
+from ansim_simulators import virtual_board, waits
+from ansim_simulators.broker import DEVICE_MAX_PACKET_SIZE, MosquittoBroker
 from ansim_simulators.street import Street
 from ansim_simulators.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
@@ -90,12 +95,15 @@ def next_alert(view, kind, timeout=WAIT_S):
 
 
 @contextlib.contextmanager
-def street_with_light(tmp_path, mqtt_client, schedule, clock="host", adc=None, **settings):
+def street_with_light(tmp_path, mqtt_client, schedule, clock="host", adc=None, local_cap=DEVICE_MAX_PACKET_SIZE,
+                      **settings):
     """(street, local broker, center broker, agent, board, light, views): the agent runs before the
     light boots; ``views`` are subscribers to the light's down and up topics and the center's alerts,
     subscribed before the light boots; ``adc`` {pin: u16}: what the light's sensors read from its
-    first boot on (``settings``: more config.json keys)."""
-    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+    first boot on; ``local_cap``: the local broker's max_packet_size (``None``: none); ``settings``:
+    more config.json keys."""
+    with MosquittoBroker(workdir=tmp_path / "local", max_packet_size=local_cap) as local, \
+            MosquittoBroker(workdir=tmp_path / "center") as center:
         street = Street(tmp_path / "street", center_port=center.port, local_port=local.port)
         light = street.lights[1]  # 20 m east of the origin; the first bell is at 30 m east, 5 m north
         flash(tmp_path / "flash", light, local.port, schedule, **settings)
@@ -343,3 +351,123 @@ def test_a_frozen_light_is_reset_by_its_watchdog_and_keeps_its_clock(tmp_path, m
         first = ctl.wait_for(lambda e: e["duty_u16"] > 0, since=mark, timeout=WAIT_S, ev="pwm", pin=PIN)
         assert first["duty_u16"] == duty(DAY_PCT)  # not the night level of a clock that is not set
         printed(board, "online as", mark)
+
+
+def test_a_1_mb_message_on_the_command_topic_is_drained_and_the_light_stays_online(tmp_path, mqtt_client):
+    """1 MB published straight to the light's down topic, on a local broker without max_packet_size
+    (the firmware's own defense; the VM heap is 512 KB): the light drains it unread, stays connected
+    (one connection in the broker's log, no schedule fallback, no MemoryError) and obeys the
+    genuine command that follows."""
+    with street_with_light(tmp_path, mqtt_client, night_now(), local_cap=None) as (street, local, _, agent, board,
+                                                                                  light, views):
+        ctl = board.control
+        printed(board, "light: online as", 0)
+        ctl.wait_for(since=0, timeout=WAIT_S, ev="pwm", pin=PIN, duty_u16=duty(NIGHT_PCT))
+        heap_before = printed(board, "light: heap alloc", 0)
+        device = mqtt_client(local)
+        down = topics.topic(light.device_id, topics.DOWN)
+        mark = ctl.mark()
+        sent_at = time.monotonic()
+        assert not device.publish(down, os.urandom(1 << 20), qos=1).is_failure
+        dropped = printed(board, "mqtt: dropped an oversize packet", mark)
+        assert "%d bytes" % (2 + len(down) + 2 + (1 << 20)) in dropped["text"]  # topic, packet id, payload
+        print("\n1 MB publish -> drained by the light in %.0f ms" % ((dropped["t"] - sent_at) * 1000))
+
+        brighten = frames.build_plain("light_command", {"action": "brighten", "level_pct": 80, "duration_s": 60,
+                                                        "expires": int(time.time()) + 60},
+                                      DeviceKeys(light.key), light.device_id, 600, downlink=True)
+        device.publish(down, brighten, qos=1)
+        ctl.wait_for(since=mark, timeout=WAIT_S, ev="pwm", pin=PIN, duty_u16=duty(80))
+        heap_after = printed(board, "light: heap alloc", ctl.mark())  # the next heartbeat's line
+        print("VM heap before: %s; after: %s" % (heap_before["text"].strip(), heap_after["text"].strip()))
+
+        output = "".join(e.get("text", "") for e in ctl.events() if e.get("ev") == "print")
+        for sign in ("MemoryError", "Traceback", "schedule fallback", "mqtt: receive ended", "mqtt: link"):
+            assert sign not in output, output
+        assert output.count("light: online as") == 1, output
+        log = local.log_path.read_text()
+        assert log.count("as %s " % light.hex_id) == 1, log  # connected once: the link never dropped
+
+
+FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+CLIENT_SCRIPT = """
+import sys
+sys.path.insert(0, %r)
+import asyncio, gc, micropython
+from ansim_device import mqtt
+done = asyncio.Event()
+def on_message(topic, payload):
+    print("message", topic, bytes(payload))
+    done.set()
+async def main():
+    client = mqtt.MQTTClient("light", "127.0.0.1", %d, on_message=on_message)
+    task = asyncio.create_task(client.run())
+    await asyncio.wait_for(done.wait(), 20)
+    print("dropped", client.dropped, "connects", client.connects)
+    task.cancel()
+gc.collect()
+micropython.mem_info()
+asyncio.run(main())
+micropython.mem_info()
+"""
+
+
+def mqtt_packet(kind, body):
+    size, head = len(body), bytearray([kind])
+    while True:
+        head.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            return bytes(head) + body
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "the client closed the connection"
+        data += chunk
+    return data
+
+
+def test_the_devices_mqtt_client_drains_oversize_packets_in_a_64_kb_heap(tmp_path):
+    """The bells' and lights' MQTT client alone on the VM with a 64 KB heap, against a scripted broker:
+    1 MB publishes at QoS 0 and 1 are drained unread (the QoS 1 one acknowledged with its packet id),
+    and the small publish after them arrives on the same connection."""
+    down = b"ansim/v1/dev/00030002/down"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(WAIT_S)
+        script = tmp_path / "client.py"
+        script.write_text(CLIENT_SCRIPT % (str(FIRMWARE), server.getsockname()[1]))
+        vm = subprocess.Popen([virtual_board._micropython(), "-X", "heapsize=64k", str(script)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(WAIT_S)
+                assert recv_exactly(conn, 1) == b"\x10"  # CONNECT
+                length, shift = 0, 0
+                while True:
+                    b = recv_exactly(conn, 1)[0]
+                    length |= (b & 0x7F) << shift
+                    shift += 7
+                    if not b & 0x80:
+                        break
+                recv_exactly(conn, length)
+                conn.sendall(b"\x20\x02\x00\x00")  # CONNACK accepted
+                topic = struct.pack(">H", len(down)) + down
+                conn.sendall(mqtt_packet(0x30, topic + bytes(1 << 20)))  # QoS 0
+                conn.sendall(mqtt_packet(0x32, topic + b"\x12\x34" + os.urandom(1 << 20)))  # QoS 1, id 0x1234
+                assert recv_exactly(conn, 4) == b"\x40\x02\x12\x34"  # PUBACK, nothing else before it
+                conn.sendall(mqtt_packet(0x32, topic + b"\x12\x35" + b"hello"))
+                assert recv_exactly(conn, 4) == b"\x40\x02\x12\x35"
+                output = vm.communicate(timeout=WAIT_S)[0].decode()
+        finally:
+            if vm.poll() is None:
+                vm.kill()
+                vm.wait()
+    assert vm.returncode == 0 and "message %s b'hello'" % down.decode() in output, output
+    assert output.count("mqtt: dropped an oversize packet") == 2 and "dropped 2 connects 1" in output, output
+    assert "MemoryError" not in output and "Traceback" not in output, output
+    totals = [int(line.split("total=")[1].split(",")[0]) for line in output.splitlines() if "total=" in line]
+    print("\nallocated by the client in a 64 KB heap while draining 2 MB: %d bytes" % (totals[1] - totals[0]))

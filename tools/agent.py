@@ -49,6 +49,7 @@ from ansim_agent import config as config_module
 from ansim_agent import datadir_lock
 from ansim_agent import registry as registry_module
 from ansim_agent.intake import IntakeUnavailable
+from ansim_agent.store import StorageError
 
 EXIT_OK, EXIT_NOT_RUNNING, EXIT_CONFIG, EXIT_DEGRADED = 0, 1, 2, 3
 
@@ -123,7 +124,7 @@ def run(args):
         logs.setup(config.agent["log_level"])
         try:
             code = service.run(config)
-        except (IntakeUnavailable, config_module.ConfigError, OSError) as err:
+        except (IntakeUnavailable, config_module.ConfigError, StorageError, OSError) as err:
             logging.getLogger("ansim.agent").error("%s", err)
             print("ansim agent: cannot start: %s" % _one_line(err), file=sys.stderr)
             return EXIT_NOT_RUNNING
