@@ -7,6 +7,10 @@ own free loopback port, with its config, ACL, log and persistence in its own dir
 
 - ``max_queued_messages 0``: mosquitto's default of 1000 silently drops messages for a slow or
   absent subscriber, and for bridges; an alert must never be dropped that way.
+- ``max_packet_size`` (default :data:`MAX_PACKET_SIZE`, 64 KiB): a client that sends a longer
+  packet is disconnected before the broker holds it, so nobody can push a 1 MB message at the
+  devices (one once made a streetlight fail with MemoryError). Brokers only the devices and
+  the agent's downlinks use can take :data:`DEVICE_MAX_PACKET_SIZE`; ``None``: no cap.
 - ``user <current user>`` when run as root: otherwise mosquitto drops to user ``mosquitto`` and
   cannot write its log into our directory.
 - The broker gets SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a killed test run
@@ -52,6 +56,12 @@ DEVICE_ACL: tuple[str, ...] = (
     "pattern write ansim/v1/dev/%u/#",
     "pattern read ansim/v1/dev/%u/#",
 )
+
+# Longest MQTT packet (fixed header included) a broker accepts by default: far above every
+# real ansim message (frames <= 64 B, center alerts and walk-home routes a few KB).
+MAX_PACKET_SIZE = 65536
+# For brokers only devices use (their frames, topics under 40 B): a tighter cap.
+DEVICE_MAX_PACKET_SIZE = 1024
 
 _PR_SET_PDEATHSIG = 1
 _RUNNING = re.compile(rb"mosquitto version \S+ running")
@@ -110,13 +120,15 @@ class MosquittoBroker:
     being the MQTT username; otherwise the listener is plain and anonymous. ``acl`` lines
     (e.g. :data:`DEVICE_ACL`) go verbatim into an ACL file. ``persistence`` keeps sessions and
     queued messages in ``workdir/persistence`` across :meth:`restart`. With no ``workdir`` a
-    temporary one is made and removed by :meth:`close`.
+    temporary one is made and removed by :meth:`close`. ``max_packet_size`` (bytes, whole
+    packet; ``None`` for none): a client sending a longer packet is disconnected.
     """
 
     def __init__(self, *, workdir: Path | str | None = None, host: str = "127.0.0.1",
                  port: int | None = None, tls: TlsFiles | None = None,
                  acl: Sequence[str] | None = None, persistence: bool = False,
-                 bridges: Sequence[Bridge] = (), startup_timeout: float = 5.0) -> None:
+                 bridges: Sequence[Bridge] = (), startup_timeout: float = 5.0,
+                 max_packet_size: int | None = MAX_PACKET_SIZE) -> None:
         if tls is not None and (tls.certfile is None or tls.keyfile is None):
             raise ValueError("a TLS listener needs certfile and keyfile")
         self._owns_workdir = workdir is None
@@ -129,6 +141,7 @@ class MosquittoBroker:
         self.persistence = persistence
         self.bridges = tuple(bridges)
         self.startup_timeout = startup_timeout
+        self.max_packet_size = max_packet_size
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self.output_path = self.workdir / "mosquitto.out"
@@ -270,6 +283,8 @@ class MosquittoBroker:
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "connection_messages true",
         ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
         if os.geteuid() == 0:
             lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         if self.acl is not None:

@@ -8,6 +8,10 @@ its PUBACK); SUBSCRIBE; receiving QoS 0/1 publishes (PUBACK sent); PINGREQ; reco
 exponential backoff. No QoS 2, no persistent session (clean session: commands that arrive
 while a device is offline would be stale anyway), no TLS.
 
+Incoming packets longer than ``MAX_PACKET`` are read and thrown away ``CHUNK`` bytes at a time,
+never held: a 1 MB publish on a light's down topic once raised MemoryError and took the link
+down (the light fell back to its schedule for 15 s). A QoS 1 one is still acknowledged.
+
 Every wait has a timeout. MicroPython quirk: ``asyncio.wait_for(asyncio.sleep(x), t)`` does
 not time out properly; wrap a sleep in an ``async def`` before giving it to ``wait_for``.
 """
@@ -17,6 +21,13 @@ import struct
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
+# Remaining length accepted (the whole packet after its fixed header): a downlink frame is at
+# most 64 bytes and a topic under 40, so 256 is room to spare; anything longer is drained.
+MAX_PACKET = 256
+# Bytes read at a time while draining an oversize packet, into one buffer kept for it. Each read
+# (a wait_for) makes ~1.7 KB of short-lived garbage in asyncio: 64-byte reads cost 28 MB of
+# allocation and 256 ms per MB on the unix VM, 256-byte reads 7 MB and 56 ms.
+CHUNK = 256
 CONNACK_ERRORS = {1: "bad protocol version", 2: "client id rejected", 3: "server unavailable",
                   4: "bad user name or password", 5: "not authorised"}
 
@@ -66,6 +77,8 @@ class MQTTClient:
         self.backoff_max = backoff_max
         self.connected = False
         self.connects = 0
+        self.dropped = 0  # oversize packets drained unread
+        self._chunk = memoryview(bytearray(CHUNK))
         self._reader = self._writer = None
         self._lock = asyncio.Lock()
         self._pid = 0
@@ -88,7 +101,8 @@ class MQTTClient:
             self._lock.release()
 
     async def _read_packet(self, timeout):
-        """(type byte, body) of the next packet; EOFError/OSError/TimeoutError on a dead link."""
+        """(type byte, body) of the next packet, body None for one longer than MAX_PACKET (drained,
+        not kept); EOFError/OSError/TimeoutError on a dead link."""
         r = self._reader
         head = await asyncio.wait_for(r.readexactly(1), timeout)
         n, shift = 0, 0
@@ -100,8 +114,38 @@ class MQTTClient:
             shift += 7
             if shift > 21:
                 raise MQTTError("bad remaining length")
+        if n > MAX_PACKET:
+            await self._drop(head[0], n)
+            return head[0], None
         body = await asyncio.wait_for(r.readexactly(n), self.timeout) if n else b""
         return head[0], body
+
+    async def _skip(self, n):
+        """Read and forget ``n`` bytes, CHUNK at a time into the one buffer."""
+        r, buf = self._reader, self._chunk
+        while n:
+            got = await asyncio.wait_for(r.readinto(buf if n >= CHUNK else buf[:n]), self.timeout)
+            if got == 0:
+                raise EOFError
+            n -= got or 0  # None: nothing there yet
+
+    async def _drop(self, kind, n):
+        """Drain an oversize packet of remaining length ``n``; for a QoS 1 PUBLISH read just the
+        topic length, skip the topic, keep the packet id that follows it, and PUBACK it."""
+        size, pid = n, None
+        if kind & 0xF6 == PUBLISH | 0x02:
+            t = struct.unpack(">H", await asyncio.wait_for(self._reader.readexactly(2), self.timeout))[0]
+            n -= 2
+            if t + 2 <= n:
+                await self._skip(t)
+                pid = await asyncio.wait_for(self._reader.readexactly(2), self.timeout)
+                n -= t + 2
+        await self._skip(n)
+        self.dropped += 1
+        print("mqtt: dropped an oversize packet (type 0x%02x, %d bytes > %d; %d so far)"
+              % (kind, size, MAX_PACKET, self.dropped))
+        if pid is not None:
+            await self._send(_packet(PUBACK, pid))
 
     # -- connection -----------------------------------------------------------------------
     async def connect(self):
@@ -116,7 +160,7 @@ class MQTTClient:
         body = _str(b"MQTT") + bytes([4, flags]) + struct.pack(">H", self.keepalive) + payload
         await self._send(_packet(CONNECT, body))
         kind, body = await self._read_packet(self.timeout)
-        if kind != CONNACK or len(body) != 2:
+        if kind != CONNACK or not body or len(body) != 2:
             raise MQTTError("expected CONNACK, got type 0x%02x" % kind)
         if body[1]:
             raise MQTTError("connection refused: %s" % CONNACK_ERRORS.get(body[1], body[1]))
@@ -184,6 +228,8 @@ class MQTTClient:
         """Read packets until the link dies. Silence beyond 1.5 keepalives means dead."""
         while True:
             kind, body = await self._read_packet(self.keepalive * 3 // 2 + 1)
+            if body is None:
+                continue  # oversize: drained and counted
             t = kind & 0xF0
             if t == PUBLISH:
                 qos = (kind >> 1) & 3
