@@ -29,32 +29,43 @@ class AsyncAdapters:
         self.started = []
 
     def start(self, intakes):
-        """Start each intake in the background, retrying those that cannot start yet."""
+        """Start each intake: the first attempt is waited for (an intake that is there works
+        when the agent says it runs), those that fail are retried in the background."""
         self._thread.start()
         for intake in intakes:
-            self._starting.append(asyncio.run_coroutine_threadsafe(self._keep_starting(intake), self.loop))
+            tried = threading.Event()
+            self._starting.append(asyncio.run_coroutine_threadsafe(self._keep_starting(intake, tried), self.loop))
+            tried.wait(START_TIMEOUT_S + 1)
 
     def is_started(self, intake):
         return intake in self.started
 
-    async def _keep_starting(self, intake):
+    async def _keep_starting(self, intake, tried):
         name, delay = component(intake), RETRY_FIRST_S
-        while True:
-            try:
-                await asyncio.wait_for(intake.start(), START_TIMEOUT_S)
-            except IntakeUnavailable as err:
-                self.health.down(name, "%s; trying again" % err)
-            except asyncio.TimeoutError:
-                self.health.down(name, "did not start within %.0f s; trying again" % START_TIMEOUT_S)
-            except Exception as exc:
-                self.health.fatal(name, exc)
-                return
-            else:
-                self.started.append(intake)
-                self.health.up(name)
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+        try:
+            while not await self._try_start(intake, name):
+                tried.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        finally:
+            tried.set()
+
+    async def _try_start(self, intake, name):
+        """True once started (or crashed, which stops the agent); False to try again."""
+        try:
+            await asyncio.wait_for(intake.start(), START_TIMEOUT_S)
+        except IntakeUnavailable as err:
+            self.health.down(name, "%s; trying again" % err)
+            return False
+        except asyncio.TimeoutError:
+            self.health.down(name, "did not start within %.0f s; trying again" % START_TIMEOUT_S)
+            return False
+        except Exception as exc:
+            self.health.fatal(name, exc)
+            return True
+        self.started.append(intake)
+        self.health.up(name)
+        return True
 
     def stop(self):
         for attempt in self._starting:
