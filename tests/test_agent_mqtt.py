@@ -3,6 +3,7 @@ located alert, the lights around it blink, the center's ack reaches the bell, it
 restores the lights, and unacknowledged alerts escalate to the citywide center."""
 
 import json
+import time
 
 import pytest
 
@@ -94,6 +95,42 @@ def test_unacknowledged_alert_escalates_to_the_citywide_center(site, mqtt_client
         mqtt_client(local).publish(topics.topic(bell.device_id, topics.UP), press(bell, 9))
         escalated = json.loads(citywide.next_message(WAIT_S).payload)
         assert escalated["alert_id"] == "%s-9" % bell.hex_id and escalated["escalated_from"] == "jung-gu"
+
+
+def test_escalation_after_an_outage_is_bounded_and_never_floods_the_link(site, mqtt_client):
+    """A backlog older than escalation_s, delivered when the center's broker comes back: the
+    district gets every alert first, and nothing is escalated until the district has had
+    escalation_s to acknowledge; then copies leave at a bounded rate."""
+    street, local, center = site  # escalation_s = 2
+    from ansim_agent.uplink import ESCALATION_BURST, ESCALATIONS_PER_S
+    center.stop()
+    with Agent(config_module.load(street.config_path)) as agent:
+        device = mqtt_client(local)
+        bell = street.bells[0]
+        backlog = 300
+        for counter in range(1, backlog + 1):
+            device.publish(topics.topic(bell.device_id, topics.UP), press(bell, counter))
+        wait_until(lambda: agent.store.queue_depth() == backlog, what="the backlog stored")
+        center.start()
+        district, citywide = mqtt_client(center), mqtt_client(center)
+        district.subscribe("ansim/center/v1/jung-gu/alerts/#")
+        citywide.subscribe("ansim/center/v1/citywide/alerts/#")
+        got = [json.loads(district.next_message(WAIT_S).payload)["alert_id"] for _ in range(backlog)]
+        assert got == ["%s-%d" % (bell.hex_id, c) for c in range(1, backlog + 1)]
+        with pytest.raises(TimeoutError):  # the district had the alerts for less than escalation_s
+            citywide.next_message(1)
+        first = citywide.next_message(WAIT_S)
+        start = time.monotonic()
+        window = 3.0
+        count = 1
+        while time.monotonic() - start < window:
+            try:
+                citywide.next_message(max(0.01, window - (time.monotonic() - start)))
+            except TimeoutError:
+                break
+            count += 1
+        assert json.loads(first.payload)["escalated_from"] == "jung-gu"
+        assert count <= ESCALATION_BURST + ESCALATIONS_PER_S * (window + 1), count
 
 
 def test_alerts_survive_a_center_outage_and_arrive_in_order(site, mqtt_client):
