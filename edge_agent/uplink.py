@@ -40,6 +40,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 ESCALATIONS_PER_S = 20.0
 ESCALATION_BURST = 50
 ESCALATION_WINDOW = 100
+ESCALATION_CHECK_S = 0.5  # how often the outbox is searched for alerts due for escalation
 
 
 def alerts_topic(center, device_hex):
@@ -79,6 +80,9 @@ class Uplink:
         self._stop = threading.Event()
         self._sent = PublishTracker(self._settle)
         self._generation = 0  # connections so far; a publish remembers the one it went out on
+        self._resending = set()  # publishes of earlier connections that paho sends again, not yet PUBACKed
+        self._escalating = 0  # escalated copies not yet PUBACKed
+        self._escalation_checked = 0.0
         self._connected_at = None
         self._delivered = []  # outbox seqs PUBACKed, written to the store by the uplink thread
         self._published_to = 0  # highest outbox seq handed to paho in this process
@@ -154,6 +158,7 @@ class Uplink:
         client.subscribe([(agent_topic(self.agent_id, "ack"), 1), (agent_topic(self.agent_id, "monitor"), 1)])
         with self._lock:
             self._generation += 1
+            self._resending = {id(sent) for sent in self._sent.pending() if sent.kind != "certificate"}
             if self._rewind_to is not None:  # everything from the refused alert on, in order
                 self._published_to, self._rewind_to = min(self._published_to, self._rewind_to), None
         self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), _Sent("certificate", 0),
@@ -195,6 +200,10 @@ class Uplink:
     def _settle(self, sent, reason):
         if sent.kind == "certificate":
             return
+        with self._lock:
+            self._resending.discard(id(sent))
+            if sent.kind == "escalation":
+                self._escalating -= 1
         if reason.is_failure:
             log.error("the center's broker refused %s %s: %s (check the agent's ACL); it is sent again after "
                       "the next reconnection", sent.kind, sent.alert_id, reason)
@@ -266,11 +275,8 @@ class Uplink:
 
     def _ready(self):
         """Connected, and paho's retransmissions from earlier connections are PUBACKed."""
-        if not self.connected.is_set():
-            return False
         with self._lock:
-            generation = self._generation
-        return all(sent.generation >= generation for sent in self._sent.pending() if sent.kind != "certificate")
+            return self.connected.is_set() and not self._resending
 
     def _record_delivered(self):
         with self._lock:
@@ -307,11 +313,13 @@ class Uplink:
         to the fallback center too, once each, at most ESCALATIONS_PER_S."""
         center = self.config.center
         now_mono = time.monotonic()
+        if now_mono - self._escalation_checked < ESCALATION_CHECK_S:
+            return
+        self._escalation_checked = now_mono
         self._tokens = min(ESCALATION_BURST, self._tokens + (now_mono - self._tokens_at) * ESCALATIONS_PER_S)
         self._tokens_at = now_mono
-        room = min(int(self._tokens), ESCALATION_WINDOW - sum(1 for s in self._sent.pending()
-                                                               if s.kind == "escalation"),
-                   WINDOW - len(self._sent))
+        with self._lock:
+            room = min(int(self._tokens), ESCALATION_WINDOW - self._escalating, WINDOW - len(self._sent))
         if room <= 0:
             return
         now = self.clock()
@@ -325,6 +333,8 @@ class Uplink:
         for seq, alert_id, body in self.store.due_for_escalation(now - center["escalation_s"], created_before, room):
             escalated = json.loads(body)
             escalated["escalated_from"] = center["district"]
+            with self._lock:
+                self._escalating += 1
             self._publish(alerts_topic(center["fallback"], alert_id.split("-", 1)[0]),
                           json.dumps(escalated, sort_keys=True), _Sent("escalation", generation, seq, alert_id))
             self.store.mark_escalated(seq)
