@@ -265,7 +265,7 @@ class Uplink:
                 if self.health is not None:
                     self.health.up("uplink")
             except StorageError as err:
-                self.health.down("uplink", err) if self.health is not None else log.error("%s", err)
+                self.health.down("store", err) if self.health is not None else log.error("%s", err)
                 self._stop.wait(1.0)
             except Exception as exc:
                 if self.health is None:

@@ -105,6 +105,9 @@ def run(args):
     except config_module.ConfigError as err:
         print("ansim agent: bad configuration: %s" % _one_line(err), file=sys.stderr)
         return EXIT_CONFIG
+    except StorageError as err:
+        print("ansim agent: cannot start: %s" % _one_line(err), file=sys.stderr)
+        return EXIT_NOT_RUNNING
     if args.action == "status":
         return status(config, as_json=args.json)
     if args.action == "alerts":
@@ -156,6 +159,10 @@ def preflight(config):
         raise config_module.ConfigError("%s: [agent] data_dir: cannot create %s: %s: create it for the agent's "
                                         "user, or choose another directory" % (config.source, data_dir,
                                                                                err.strerror or err)) from None
+    if os.statvfs(data_dir).f_flag & os.ST_RDONLY:
+        raise StorageError("[agent] data_dir %s: the filesystem holding it is mounted read-only (often after disk "
+                           "errors: check `dmesg`, run fsck, then `mount -o remount,rw`), or choose another "
+                           "directory" % data_dir)
     if not os.access(data_dir, os.W_OK | os.X_OK):
         raise config_module.ConfigError("%s: [agent] data_dir: %s is not writable by %s: `chown %s %s`, or "
                                         "choose another directory" % (config.source, data_dir, _user(),
