@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-slow demo bench-firmware vm32 system-packages venv clean
+.PHONY: test test-slow test-faults demo bench-firmware vm32 system-packages venv clean
 
 test: venv
 	$(BIN)/pytest -v
@@ -13,6 +13,13 @@ test: venv
 # The Hypothesis properties at 100,000 examples each (about 15 minutes on 2 cores).
 test-slow: venv
 	HYPOTHESIS_PROFILE=slow $(BIN)/pytest tests/test_properties.py
+
+# The fault run of issue 8, long form: 3 seeds x 90 s of presses at 290/s, each with 20 kill -9 of
+# the agent, Pi broker restarts and reboots, center drops and outages (about 6 minutes).
+FAULT_SEEDS ?= 1 2 3
+test-faults: venv
+	$(BIN)/ansim faults --quiet $(foreach s,$(FAULT_SEEDS),--seed $(s)) --duration 90 --kills 20 \
+		--broker-restarts 3 --reboots 3 --center-drops 4 --center-outages 3 --outage-s 2 10
 
 demo: venv
 	$(BIN)/ansim demo

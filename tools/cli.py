@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from . import agent, bench, decode, demo, flash, freeze, provision
+from . import agent, bench, decode, demo, faults, flash, freeze, provision
 
 
 def main(argv=None):
@@ -11,7 +11,7 @@ def main(argv=None):
                                      "streetlights and the edge agent that links them to a "
                                      "control center.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (agent, bench, decode, demo, flash, freeze, provision):
+    for module in (agent, bench, decode, demo, faults, flash, freeze, provision):
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.run(args)
