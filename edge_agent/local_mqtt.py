@@ -7,12 +7,17 @@ session (clean start off, session expiry) makes the broker redeliver whatever an
 died before committing had not acknowledged.
 
 Frames to devices come from the store's relay outbox; ``on_handed_over(device_id, counter)``
-reports each one the broker PUBACKed, so the outbox can forget it.
+reports each one the broker PUBACKed, so the outbox can forget it. They leave in the order
+they were sent, which a device needs (it refuses a counter below one it accepted): while the
+broker is away they wait here, and after a reconnection nothing new is published until
+paho's retransmissions are PUBACKed (paho would put a publish made while it reconnects
+before them). Only the pipeline thread publishes; ``on_ready`` asks it to ``flush``.
 
 A broker that is not there at start is an outage, not a fatal error: paho keeps trying and
 the other intakes run meanwhile (``health`` shows ``local_mqtt`` down).
 """
 
+import collections
 import logging
 import threading
 
@@ -36,12 +41,16 @@ COMPONENT = "local_mqtt"
 
 class LocalMqtt:
     def __init__(self, submit, host, port, client_id, on_state=None, on_oversize=None, on_handed_over=None,
-                 health=None):
+                 on_ready=None, health=None):
         self.submit = submit
         self.on_state, self.on_oversize, self.on_handed_over = on_state, on_oversize, on_handed_over
+        self.on_ready = on_ready
         self.host, self.port = host, port
         self.health = health
         self._connected = threading.Event()
+        self._outbox = collections.deque()  # downlinks not yet handed to paho, in order
+        self._resending = set()  # (device_id, counter) paho sends again after a reconnection
+        self._lock = threading.Lock()
         self._first_attempt = threading.Event()  # connected and subscribed, or failed once
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.manual_ack_set(True)
@@ -101,8 +110,13 @@ class LocalMqtt:
         if refused:
             self._down("the local broker refused the agent's subscriptions: %s (check its ACL)" % refused)
             return
-        self._connected.set()
+        with self._lock:
+            self._resending = set(self._sent.pending())
+            self._connected.set()
+            ready = not self._resending
         self._first_attempt.set()
+        if ready and self.on_ready is not None:
+            self.on_ready()
         if self.health is not None:
             self.health.up(COMPONENT)
         log.info("connected to the local broker %s:%d", self.host, self.port)
@@ -132,12 +146,29 @@ class LocalMqtt:
         self.submit(Reception(msg.payload, "mqtt", "local", topic=msg.topic, ack=ack))
 
     def send(self, downlink):
-        """Publish a frame to ``ansim/v1/dev/{id}/down`` (QoS 1; paho queues it while the broker
-        is away, and ``on_handed_over`` hears of its PUBACK)."""
-        info = self.client.publish(topics.topic(downlink.device_id, topics.DOWN), downlink.frame, qos=1)
-        self._sent.track(info, (downlink.device_id, downlink.counter))
+        """Queue a frame for ``ansim/v1/dev/{id}/down`` (QoS 1) and publish what may go now;
+        ``on_handed_over`` hears of its PUBACK. Pipeline thread only."""
+        self._outbox.append(downlink)
+        self.flush()
+
+    def flush(self):
+        """Publish queued frames, in order, while the broker is connected and has PUBACKed
+        what paho sent again after the last reconnection. Pipeline thread only."""
+        while self._outbox:
+            with self._lock:
+                if not self._connected.is_set() or self._resending:
+                    return
+            downlink = self._outbox.popleft()
+            info = self.client.publish(topics.topic(downlink.device_id, topics.DOWN), downlink.frame, qos=1)
+            self._sent.track(info, (downlink.device_id, downlink.counter))
 
     def _handed_over(self, key, reason):
+        with self._lock:
+            was_resending = bool(self._resending)
+            self._resending.discard(key)
+            ready = was_resending and not self._resending and self._connected.is_set()
+        if ready and self.on_ready is not None:
+            self.on_ready()
         if reason.is_failure:
             log.error("the local broker refused a frame to device %08x: %s (check its ACL)", key[0], reason)
         if self.on_handed_over is not None:

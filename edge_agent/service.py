@@ -86,7 +86,7 @@ class Agent:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
                                    config.agent["id"] + "-local", on_state=self._on_device_state,
                                    on_oversize=self._on_oversize, on_handed_over=self._on_handed_over,
-                                   health=self.health)
+                                   on_ready=lambda: self._call(self.local.flush), health=self.health)
         self._handed = []  # (device_id, counter) of frames handed over, crossed off by the pipeline
         self._handed_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
