@@ -24,6 +24,7 @@ class AsyncAdapters:
     def __init__(self, health):
         self.health = health
         self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(self._unhandled)
         self._thread = threading.Thread(target=self.loop.run_forever, name="radios", daemon=True)
         self._starting = []
         self.started = []
@@ -36,6 +37,14 @@ class AsyncAdapters:
             tried = threading.Event()
             self._starting.append(asyncio.run_coroutine_threadsafe(self._keep_starting(intake, tried), self.loop))
             tried.wait(START_TIMEOUT_S + 1)
+
+    def _unhandled(self, loop, context):
+        """An exception no task or callback of the radios handled: a bug, fatal like any other."""
+        error = context.get("exception")
+        if error is None or isinstance(error, asyncio.CancelledError):
+            loop.default_exception_handler(context)
+            return
+        self.health.fatal("radios", error)
 
     def is_started(self, intake):
         return intake in self.started

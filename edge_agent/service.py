@@ -458,10 +458,18 @@ class Agent:
         self.uplink.wake()
 
 
+def _thread_died(agent, hook):
+    """Any thread that dies of an exception (a radio's reader, a library's worker) stops the agent."""
+    if hook.exc_type is SystemExit or hook.exc_value is None:
+        return
+    agent.health.fatal(hook.thread.name if hook.thread is not None else "a thread", hook.exc_value)
+
+
 def run(config):
     """Run until SIGTERM or SIGINT; SIGHUP reloads the registry. Returns the exit status:
     0, or health.EXIT_FAULT after an unhandled error (systemd restarts the agent)."""
     agent = Agent(config)
+    threading.excepthook = lambda hook: _thread_died(agent, hook)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent._stop.set())
     signal.signal(signal.SIGHUP, lambda *_: agent.reload())
