@@ -88,6 +88,7 @@ class Agent:
                                    on_oversize=self._on_oversize, on_handed_over=self._on_handed_over,
                                    on_ready=lambda: self._call(self.local.flush), health=self.health)
         self._handed = []  # (device_id, counter) of frames handed over, crossed off by the pipeline
+        self._pending_actions = []  # what waits for this turn's commit
         self._handed_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._last_purge = 0.0
@@ -184,6 +185,7 @@ class Agent:
                     self._process(batch)
                 for job in work:
                     job()
+                self._settle_turn()
                 self._periodic()
         except _Stopping:
             pass
@@ -224,11 +226,27 @@ class Agent:
                 self.health.up("store")
             return
 
-    def _process(self, batch):
+    def _after_commit(self, action):
+        """Run ``action()`` once what this turn of the pipeline staged is committed."""
+        self._pending_actions.append(action)
+
+    def _settle_turn(self):
+        """One commit for the turn's frames and control work (group commit: one fsync), then
+        what waited for it: PUBACKs, frames to devices, logs, in the order they were staged."""
+        if not self._pending_actions:
+            return
         with self.metrics.batch_seconds.time():
-            self._cross_off_handed_over()
-            outcomes, downlinks = self.core.stage_batch(batch)
             self._commit()
+        actions, self._pending_actions = self._pending_actions, []
+        for action in actions:
+            action()
+
+    def _process(self, batch):
+        self._cross_off_handed_over()
+        outcomes, downlinks = self.core.stage_batch(batch)
+        self._after_commit(lambda: self._processed(batch, outcomes, downlinks))
+
+    def _processed(self, batch, outcomes, downlinks):
         for reception in batch:
             if reception.ack is not None:
                 reception.ack()
@@ -245,11 +263,16 @@ class Agent:
             self.uplink.wake()
         self._send(downlinks)
 
-    def _commit_and_send(self, downlinks):
-        """Store frames to devices with what caused them, then send them."""
+    def _commit_and_send(self, downlinks, done=None):
+        """Store frames to devices with what caused them; once committed, ``done()`` (the
+        PUBACK of the message that asked for them) and send them."""
         self.store.add_downlinks(downlinks, self.clock())
-        self._commit()
-        self._send(downlinks)
+
+        def committed():
+            if done is not None:
+                done()
+            self._send(downlinks)
+        self._after_commit(committed)
 
     def _send(self, downlinks):
         for downlink in downlinks:
@@ -362,9 +385,9 @@ class Agent:
             self.uplink.refused("monitor", refused)
             done()
             return
-        self._commit_and_send(downlinks)
-        done()
-        log.info("walk-home session %s: %s, %d light commands", request["session"], request["action"], len(downlinks))
+        self._commit_and_send(downlinks, done)
+        self._after_commit(lambda: log.info("walk-home session %s: %s, %d light commands", request["session"],
+                                            request["action"], len(downlinks)))
 
     def _center_ack(self, alert_id, status, done):
         """Closed, stored and relayed before the center's message is PUBACKed."""
@@ -377,9 +400,9 @@ class Agent:
             return
         if status == "resolved":
             downlinks += self.core.resolve(alert_id, now)
-        self._commit_and_send(downlinks)
-        done()
-        log.info("alert %s acknowledged by the center: %s; %d frames to devices", alert_id, status, len(downlinks))
+        self._commit_and_send(downlinks, done)
+        self._after_commit(lambda: log.info("alert %s acknowledged by the center: %s; %d frames to devices",
+                                            alert_id, status, len(downlinks)))
 
     def _reload_registry(self):
         try:
@@ -411,6 +434,7 @@ class Agent:
         if now - self._last_time >= TIME_EVERY_S:
             self._last_time = now
             self._resync_clocks(now)
+            self._settle_turn()
         if now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
             try:

@@ -261,8 +261,8 @@ class Store:
             return False
         self._acks_staged.add(key)
         self._staged.append(("INSERT OR IGNORE INTO center_acks VALUES (?, ?, ?)", (alert_id, status, now)))
-        self._staged.append(("UPDATE alerts SET state='acked', acked_at=? WHERE alert_id=? AND state IN "
-                             "('pending', 'delivered')", (now, alert_id)))
+        self._staged.append(("UPDATE alerts SET state='acked', acked_at=?, delivered_at=coalesce(delivered_at, ?) "
+                             "WHERE alert_id=? AND state IN ('pending', 'delivered')", (now, now, alert_id)))
         return True
 
     # -- the outbox -----------------------------------------------------------------------

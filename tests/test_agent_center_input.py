@@ -89,7 +89,8 @@ def test_bad_center_input_is_refused_and_counted_and_the_agent_goes_on(site, mqt
             return sum(s.value for m in agent.metrics.center_messages.collect() for s in m.samples
                        if s.name.endswith("_total") and s.labels["verdict"] == "refused")
         waits.until(lambda: counted() == refused, WAIT_S, "%d refused center messages counted" % refused)
-        assert agent.store.alert(alert["alert_id"])[1] == "delivered"  # not closed by the bad status
+        waits.until(lambda: agent.store.alert(alert["alert_id"])[1] == "delivered", WAIT_S,
+                    "the alert delivered and still open (not closed by the bad status)")
         assert agent.health.fault is None and agent._thread.is_alive() and agent.uplink._thread.is_alive()
 
         # Still working: a new press reaches the center and a genuine ack reaches the bell.
@@ -103,7 +104,7 @@ def test_bad_center_input_is_refused_and_counted_and_the_agent_goes_on(site, mqt
         center_view.publish(ack_topic, json.dumps({"alert_id": "%s-2" % bell.hex_id, "status": "received"}))
         second = frames.unpack(bell_view.next_message(WAIT_S).payload, DeviceKeys(bell.key))
         assert second.fields == {"acked_counter": 2, "status": "received"}
-        assert agent.store.alert(alert["alert_id"])[1] == "acked"
+        waits.until(lambda: agent.store.alert(alert["alert_id"])[1] == "acked", WAIT_S, "the alert closed")
 
 
 def start_agent(street, log):
