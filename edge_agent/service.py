@@ -28,7 +28,7 @@ from . import systemd
 from .async_adapters import AsyncAdapters
 from .center_messages import Refused
 from .config import ConfigError
-from .core import Core
+from .core import Core, Downlink
 from .health import EXIT_FAULT, Health
 from .local_mqtt import LocalMqtt
 from .metrics import Metrics
@@ -112,6 +112,11 @@ class Agent:
         if self.config.metrics["port"]:
             self._metrics_server = self.metrics.serve(self.config.metrics["port"])
         self.health.up("store")
+        # What a previous run owed devices goes first: queued before the pipeline makes new frames.
+        leftovers, adverts = self._leftovers()
+        for downlink in leftovers:
+            if self.local is not None:
+                self.local.send(downlink)
         # Intake first, uplink last: the birth certificate tells the center the agent listens.
         self._thread.start()
         if self.local is not None:
@@ -120,7 +125,8 @@ class Agent:
         if self.radios:
             self._adapters = AsyncAdapters(self.health)
             self._adapters.start(self.radios)
-        self._call(self._relay_leftovers)
+        for downlink, seconds in adverts:
+            self._call(lambda d=downlink, s=seconds: self._advertise(d, s))
         self.uplink.start()
         self.watchdog.start()
         log.info("agent %s running: %d devices, %d alerts waiting", self.config.agent["id"],
@@ -283,28 +289,28 @@ class Agent:
             else:
                 self._on_handed_over(downlink.device_id, downlink.counter)
 
-    def _relay_leftovers(self):
-        """Frames to devices that a previous run stored but never handed over: sent now, in
-        order, before anything new (stale time frames and finished adverts are dropped)."""
+    def _leftovers(self):
+        """Frames to devices that a previous run stored but never handed over, in order:
+        (for the local broker, for the BLE transmitter with the seconds left to advertise).
+        Stale time frames and finished adverts are crossed off."""
         now = self.clock()
-        again, dropped = [], []
-        from .core import Downlink
+        mqtt, ble, dropped = [], [], []
         for device_id, counter, kind, via, frame, created in self.store.pending_downlinks():
             age = now - created
+            downlink = Downlink(device_id, counter, frame, kind, via)
             if (kind == "time" and age > STALE_TIME_FRAME_S) or (via == "ble" and age >= self.config.ble["ack_advertise_s"]):
                 dropped.append((device_id, counter))
+            elif via == "ble":
+                ble.append((downlink, self.config.ble["ack_advertise_s"] - age))
             else:
-                again.append((Downlink(device_id, counter, frame, kind, via), age))
+                mqtt.append(downlink)
         if dropped:
             self.store.handed_over(dropped)
             self._commit()
-        for downlink, age in again:
-            if downlink.via == "ble":
-                self._advertise(downlink, self.config.ble["ack_advertise_s"] - age)
-            elif self.local is not None:
-                self.local.send(downlink)
-        if again:
-            log.info("sent %d frames to devices again that the previous run had not handed over", len(again))
+        if mqtt or ble:
+            log.info("sending %d frames to devices again that the previous run had not handed over",
+                     len(mqtt) + len(ble))
+        return mqtt, ble
 
     def _advertise(self, downlink, seconds):
         """Put a sealed frame for a wearable on the air for ``seconds``; the pipeline does not
