@@ -46,10 +46,6 @@ class InOrderAcks:
             self._waiting.clear()
             self._generation += 1
 
-    def waiting(self):
-        with self._lock:
-            return len(self._waiting)
-
 
 class PublishTracker:
     """mid -> what the publish was for; ``settle`` hands the PUBACK's reason to ``on_settled``."""

@@ -119,16 +119,20 @@ class MosquittoBroker:
     ``tls`` makes the single listener TLS with client certificates required, the certificate CN
     being the MQTT username; otherwise the listener is plain and anonymous. ``acl`` lines
     (e.g. :data:`DEVICE_ACL`) go verbatim into an ACL file. ``persistence`` keeps sessions and
-    queued messages in ``workdir/persistence`` across :meth:`restart`. With no ``workdir`` a
+    queued messages in ``workdir/persistence`` across :meth:`restart`, saved after every change
+    unless ``save_every_change`` is false (then on a clean stop, as Debian's mosquitto does:
+    every change written makes the broker the bottleneck of a load test). With no ``workdir`` a
     temporary one is made and removed by :meth:`close`. ``max_packet_size`` (bytes, whole
-    packet; ``None`` for none): a client sending a longer packet is disconnected.
+    packet; ``None`` for none): a client sending a longer packet is disconnected. ``debug_log``
+    logs every packet (PUBLISH and PUBACK with their message ids), for tests of ordering.
     """
 
     def __init__(self, *, workdir: Path | str | None = None, host: str = "127.0.0.1",
                  port: int | None = None, tls: TlsFiles | None = None,
                  acl: Sequence[str] | None = None, persistence: bool = False,
                  bridges: Sequence[Bridge] = (), startup_timeout: float = 5.0,
-                 max_packet_size: int | None = MAX_PACKET_SIZE) -> None:
+                 max_packet_size: int | None = MAX_PACKET_SIZE, save_every_change: bool = True,
+                 debug_log: bool = False) -> None:
         if tls is not None and (tls.certfile is None or tls.keyfile is None):
             raise ValueError("a TLS listener needs certfile and keyfile")
         self._owns_workdir = workdir is None
@@ -139,6 +143,8 @@ class MosquittoBroker:
         self.tls = tls
         self.acl = tuple(acl) if acl is not None else None
         self.persistence = persistence
+        self.save_every_change = save_every_change
+        self.debug_log = debug_log
         self.bridges = tuple(bridges)
         self.startup_timeout = startup_timeout
         self.max_packet_size = max_packet_size
@@ -280,6 +286,7 @@ class MosquittoBroker:
             "set_tcp_nodelay true",
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
+            *(["log_type debug"] if self.debug_log else []),
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "connection_messages true",
         ]
@@ -294,9 +301,9 @@ class MosquittoBroker:
         if self.persistence:
             store = self.workdir / "persistence"
             store.mkdir(exist_ok=True)
-            # Save after every change, so that even stop(kill=True) loses nothing acknowledged.
-            lines += ["persistence true", f"persistence_location {store}/",
-                      "autosave_on_changes true", "autosave_interval 1"]
+            lines += ["persistence true", f"persistence_location {store}/"]
+            if self.save_every_change:  # even stop(kill=True) loses nothing acknowledged; slow under load
+                lines += ["autosave_on_changes true", "autosave_interval 1"]
         for bridge in self.bridges:
             lines += self._bridge_lines(bridge)
         self.config_path.write_text("\n".join(lines) + "\n")

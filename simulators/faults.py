@@ -714,8 +714,11 @@ class FaultRun:
         self._open = {}
         watchers, threads = [], []
         agent = None
-        with MosquittoBroker(workdir=self.workdir / "pi-broker", persistence=True) as local, \
-                MosquittoBroker(workdir=self.workdir / "center-broker", persistence=True) as center:
+        # Brokers save on a clean stop, as Debian's do; after every change only when they are killed.
+        with MosquittoBroker(workdir=self.workdir / "pi-broker", persistence=True,
+                             save_every_change=self.broker_kill) as local, \
+                MosquittoBroker(workdir=self.workdir / "center-broker", persistence=True,
+                                save_every_change=False) as center:
             proxy = _Proxy(center.port)
             try:
                 street = Street(self.workdir / "street", center_port=proxy.port, local_port=local.port,

@@ -185,3 +185,43 @@ def _acked(db, alert_id):
     finally:
         conn.close()
     return rows == 1 and state == ("acked",)
+
+
+def test_the_agent_pubacks_in_the_order_the_messages_came(tmp_path, mqtt_client):
+    """MQTT-4.6.0-2, seen from the broker's own debug log: presses (PUBACKed after the commit),
+    state messages and oversize payloads (refused at once) and garbage, interleaved; the
+    agent's PUBACKs leave in the order its PUBLISHes were sent. With PUBACKs out of order,
+    mosquitto 2.0 redelivered a restarted agent's backlog out of order."""
+    with MosquittoBroker(workdir=tmp_path / "local", debug_log=True) as local, \
+            MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port,
+                        overrides={"center": {"escalation_s": "3600"}})
+        view = mqtt_client(center)
+        view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+        device = mqtt_client(local)
+        bell, light = street.bells[0], street.lights[0]
+        with Agent(config_module.load(street.config_path)) as agent:
+            presses = 60
+            for counter in range(1, presses + 1):
+                device.publish(topics.topic(bell.device_id, topics.UP), press(bell, counter))
+                device.publish(topics.topic(light.device_id, topics.STATE), b"online")
+                if counter % 3 == 0:
+                    device.publish(topics.topic(bell.device_id, topics.UP), bytes(200))  # oversize
+                    device.publish(topics.topic(bell.device_id, topics.UP), b"\x10garbage")
+            for _ in range(presses):
+                view.next_message(WAIT_S)
+            waits.until(lambda: _pubacks(local.log_path, street.agent_id + "-local")[1] >= 
+                        _pubacks(local.log_path, street.agent_id + "-local")[0], WAIT_S, "every PUBACK")
+            assert agent.health.fault is None
+        sent, acked = _pubacks(local.log_path, street.agent_id + "-local", lists=True)
+        assert len(sent) >= presses * 2 + presses // 3 * 2
+        assert acked == sent
+
+
+def _pubacks(log_path, client_id, lists=False):
+    """(mids of QoS 1 PUBLISHes the broker sent the client, mids it PUBACKed), in log order."""
+    import re
+    text = open(log_path, errors="replace").read()
+    sent = [int(m) for m in re.findall(r"Sending PUBLISH to %s \(d\d, q1, r\d, m(\d+)," % re.escape(client_id), text)]
+    acked = [int(m) for m in re.findall(r"Received PUBACK from %s \(Mid: (\d+)" % re.escape(client_id), text)]
+    return (sent, acked) if lists else (len(sent), len(acked))
