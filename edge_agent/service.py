@@ -43,7 +43,7 @@ PURGE_EVERY_S = 3600
 TIME_EVERY_S = 6 * 3600  # bells and lights get the time again: an ESP32's RTC drifts
 SUPERVISE_EVERY_S = 5.0
 STORAGE_RETRY_S = 1.0
-RELAY_FLUSH_S = 1.0  # how often frames handed over are crossed off the relay outbox
+RELAY_FLUSH_S = 5.0  # frames handed over are crossed off with the next batch, or after this when idle
 LOCAL_CONNECT_WAIT_S = 10.0  # at start, for the local broker's answer before going on without it
 STALE_TIME_FRAME_S = 60  # a time frame older than this is not sent again after a restart
 

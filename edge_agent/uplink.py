@@ -41,7 +41,6 @@ ESCALATIONS_PER_S = 20.0
 ESCALATION_BURST = 50
 ESCALATION_WINDOW = 100
 ESCALATION_CHECK_S = 0.5  # how often the outbox is searched for alerts due for escalation
-RECORD_DELIVERED_S = 0.05  # PUBACKs are written to the store in groups (one fsync per group)
 
 
 def alerts_topic(center, device_hex):
@@ -84,7 +83,6 @@ class Uplink:
         self._resending = set()  # publishes of earlier connections that paho sends again, not yet PUBACKed
         self._escalating = 0  # escalated copies not yet PUBACKed
         self._escalation_checked = 0.0
-        self._recorded_at = 0.0
         self._connected_at = None
         self._delivered = []  # outbox seqs PUBACKed, written to the store by the uplink thread
         self._published_to = 0  # highest outbox seq handed to paho in this process
@@ -147,7 +145,7 @@ class Uplink:
         self.client.loop_stop()
         if self._thread.is_alive():
             self._thread.join(5)
-        self._record_delivered(force=True)
+        self._record_delivered()
 
     def wake(self):
         """New alerts are in the outbox."""
@@ -257,7 +255,7 @@ class Uplink:
     def _run(self):
         while not self._stop.is_set():
             self._beat()
-            self._wake.wait(RECORD_DELIVERED_S if self._delivered else 1.0)
+            self._wake.wait(1.0)
             self._wake.clear()
             try:
                 self._record_delivered()
@@ -280,13 +278,9 @@ class Uplink:
         with self._lock:
             return self.connected.is_set() and not self._resending
 
-    def _record_delivered(self, force=False):
-        """Write the PUBACKs received to the store, at most every RECORD_DELIVERED_S: losing
-        them in a crash only sends those alerts again (the center deduplicates by id)."""
-        now = time.monotonic()
-        if not force and now - self._recorded_at < RECORD_DELIVERED_S:
-            return
-        self._recorded_at = now
+    def _record_delivered(self):
+        """Write the PUBACKs received so far to the store, in one transaction: losing them in a
+        crash only sends those alerts again (the center deduplicates by id)."""
         with self._lock:
             seqs, self._delivered = self._delivered, []
         if seqs:
