@@ -45,7 +45,8 @@ SUPERVISE_EVERY_S = 5.0
 STORAGE_RETRY_S = 1.0
 RELAY_FLUSH_S = 5.0  # frames handed over are crossed off with the next batch, or after this when idle
 LOCAL_CONNECT_WAIT_S = 10.0  # at start, for the local broker's answer before going on without it
-STALE_TIME_FRAME_S = 60  # a time frame older than this is not sent again after a restart
+STALE_TIME_FRAME_S = 60
+CLOCK_AFTER_ONLINE_S = 10.0  # a device that says "online" again within this gets no second time frame  # a time frame older than this is not sent again after a restart
 
 
 class _Stopping(Exception):
@@ -89,6 +90,7 @@ class Agent:
                                    on_ready=lambda: self._call(self.local.flush), health=self.health)
         self._handed = []  # (device_id, counter) of frames handed over, crossed off by the pipeline
         self._pending_actions = []  # what waits for this turn's commit
+        self._clock_sent = {}  # device_id -> when its last time frame for an "online" went out
         self._handed_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._last_purge = 0.0
@@ -369,9 +371,15 @@ class Agent:
 
     def _set_clock(self, device_id):
         """A bell or streetlight announced itself online (connected, or retained when the
-        agent subscribes): send it the time. Its RTC may have lost power or drifted."""
-        downlinks = self.core.time_frame(device_id, self.clock())
+        agent subscribes): send it the time. Its RTC may have lost power or drifted. At most
+        one per CLOCK_AFTER_ONLINE_S: the state topic is unauthenticated, and a flood of
+        forged "online" messages must not become a flood of frames."""
+        now = self.clock()
+        if now - self._clock_sent.get(device_id, float("-inf")) < CLOCK_AFTER_ONLINE_S:
+            return
+        downlinks = self.core.time_frame(device_id, now)
         if downlinks:
+            self._clock_sent[device_id] = now
             self._commit_and_send(downlinks)
 
     def _resync_clocks(self, now):

@@ -129,3 +129,31 @@ def test_a_will_fired_right_after_a_device_came_back_is_reported(tmp_path, mqtt_
             types = [next_alert(view, 3)["type"] for _ in range(3)]
         assert sorted(types) == ["bell_press", "device_offline", "device_online"]
         assert types.index("device_online") < types.index("device_offline")
+
+
+def test_a_flood_of_online_messages_makes_one_time_frame(tmp_path, mqtt_client):
+    """The state topic is unauthenticated (until the broker's per-device ACL): 50 forged
+    "online" messages for a light must not make 50 frames to it."""
+    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port,
+                        overrides={"center": {"escalation_s": "3600"}})
+        view = mqtt_client(center)
+        view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+        light, bell = street.lights[-1], street.bells[0]  # the light 180 m away: the press does not blink it
+        light_view = mqtt_client(local)
+        light_view.subscribe(topics.topic(light.device_id, topics.DOWN))
+        device = mqtt_client(local)
+        with Agent(config_module.load(street.config_path)):
+            for _ in range(50):
+                device.publish(topics.topic(light.device_id, topics.STATE), b"online")
+            device.publish(topics.topic(bell.device_id, topics.UP), press(bell, 1))
+            next_alert(view)  # the pipeline has handled every "online" before this press
+            first = frames.unpack(light_view.next_message(WAIT_S).payload, DeviceKeys(light.key))
+            assert first.kind == "time"
+            extra = []
+            try:
+                while True:
+                    extra.append(light_view.next_message(1).payload)
+            except TimeoutError:
+                pass
+        assert extra == [], "%d more frames to the light" % len(extra)
