@@ -70,6 +70,9 @@ SCHEMA = {
         "enabled": Setting(bool, default=True),
         "host": Setting(str, default="127.0.0.1", doc="the broker that bells and streetlights use"),
         "port": Setting(int, default=1883, low=1, high=65535),
+        "username": Setting(str, doc="the agent's user name on that broker (`ansim provision` makes ansim-agent)"),
+        "password_file": Setting(_PATH, doc="a file holding the agent's password there (chmod 600; `ansim "
+                                           "provision` writes <site>/mosquitto/agent.password)"),
     },
     "center": {
         "host": Setting(str, required=True, doc="the control center's MQTT broker"),
@@ -200,7 +203,40 @@ def validate(raw, path):
                                  else "does not exist", base))
     if center["keyfile"] is not None:
         require_private(center["keyfile"], "%s: [center] keyfile" % path)
+    _check_local_login(path, base, sections["local_mqtt"])
     return Config(sections, path)
+
+
+def _check_local_login(path, base, local):
+    """[local_mqtt] password_file: a private, readable, non-empty file, given with a username."""
+    where = "%s: [local_mqtt]" % path
+    if local["password_file"] is None:
+        return
+    if local["username"] is None:
+        raise ConfigError("%s password_file: given without username: add username = \"ansim-agent\" (the name "
+                          "`ansim provision` gave the agent in the broker's passwd)" % where)
+    password_file = local["password_file"]
+    if not password_file.is_file():
+        raise ConfigError("%s password_file: %s %s: fix the path (relative paths are relative to %s)"
+                          % (where, password_file, "is not a file" if password_file.exists() else "does not exist",
+                             base))
+    require_private(password_file, "%s password_file" % where)
+    if not read_password(password_file, where + " password_file"):
+        raise ConfigError("%s password_file: %s is empty: copy <site>/mosquitto/agent.password made by "
+                          "`ansim provision`" % (where, password_file))
+
+
+def read_password(path, what):
+    """The password in ``path``: its first line, the line ending removed (never in a message)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except PermissionError:
+        raise ConfigError("%s: %s: permission denied: run as the agent's user (or `sudo -u ansim`)"
+                          % (what, path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("%s: cannot read %s (%s)" % (what, path, getattr(err, "strerror", None)
+                                                       or type(err).__name__)) from None
+    return text.split("\n", 1)[0].rstrip("\r")
 
 
 _EXAMPLES = {str: '"..."', _PATH: '"<file>"', _POSITION: "{ lat = <degrees>, lon = <degrees> }"}

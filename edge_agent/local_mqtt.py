@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from ansim_protocol import topics
 from ansim_protocol.errors import FrameError
 
+from .config import read_password
 from .intake import Reception
 from .mqtt_delivery import InOrderAcks, PublishTracker
 from .mqtt_socket import no_delay
@@ -41,7 +42,7 @@ COMPONENT = "local_mqtt"
 
 class LocalMqtt:
     def __init__(self, submit, host, port, client_id, on_state=None, on_oversize=None, on_handed_over=None,
-                 on_ready=None, health=None):
+                 on_ready=None, health=None, username=None, password_file=None):
         self.submit = submit
         self.on_state, self.on_oversize, self.on_handed_over = on_state, on_oversize, on_handed_over
         self.on_ready = on_ready
@@ -52,7 +53,11 @@ class LocalMqtt:
         self._resending = set()  # (device_id, counter) paho sends again after a reconnection
         self._lock = threading.Lock()
         self._first_attempt = threading.Event()  # connected and subscribed, or failed once
+        self._refused = False  # the broker's last CONNACK refused the agent
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if username is not None:  # the Pi's mosquitto refuses anonymous clients (ansim provision)
+            password = None if password_file is None else read_password(password_file, "[local_mqtt] password_file")
+            self.client.username_pw_set(username, password)
         self.client.manual_ack_set(True)
         self.client.max_inflight_messages_set(1000)
         self.client.reconnect_delay_set(0.5, 10)
@@ -94,9 +99,10 @@ class LocalMqtt:
             log.warning("%s", reason)
 
     def _on_connect(self, client, userdata, flags, reason, props):
+        self._refused = reason.is_failure
         if reason.is_failure:
-            self._down("the local broker %s:%d refused the agent: %s (check its ACL and credentials)"
-                       % (self.host, self.port, reason))
+            self._down("the local broker %s:%d refused the agent: %s (check [local_mqtt] username and "
+                       "password_file against the broker's passwd, and its ACL)" % (self.host, self.port, reason))
             return
         client.subscribe([(topics.UPLINK_FILTER, 1), (topics.RELAY_FILTER, 1), (topics.STATE_FILTER, 1)])
 
@@ -124,7 +130,7 @@ class LocalMqtt:
     def _on_disconnect(self, client, userdata, flags, reason, props):
         self._connected.clear()
         self._acks.reset()
-        if reason.is_failure:
+        if reason.is_failure and not self._refused:  # after a refusal, its reason stays the one shown
             self._down("lost the local broker %s:%d (%s); reconnecting" % (self.host, self.port, reason))
 
     def _on_message(self, client, userdata, msg):

@@ -87,7 +87,9 @@ class Agent:
             self.local = LocalMqtt(self.intake.put, config.local_mqtt["host"], config.local_mqtt["port"],
                                    config.agent["id"] + "-local", on_state=self._on_device_state,
                                    on_oversize=self._on_oversize, on_handed_over=self._on_handed_over,
-                                   on_ready=lambda: self._call(self.local.flush), health=self.health)
+                                   on_ready=lambda: self._call(self.local.flush), health=self.health,
+                                   username=config.local_mqtt["username"],
+                                   password_file=config.local_mqtt["password_file"])
         self._handed = []  # (device_id, counter) of frames handed over, crossed off by the pipeline
         self._pending_actions = []  # what waits for this turn's commit
         self._clock_sent = {}  # device_id -> when its last time frame for an "online" went out

@@ -125,6 +125,8 @@ class MosquittoBroker:
     temporary one is made and removed by :meth:`close`. ``max_packet_size`` (bytes, whole
     packet; ``None`` for none): a client sending a longer packet is disconnected. ``debug_log``
     logs every packet (PUBLISH and PUBACK with their message ids), for tests of ordering.
+    ``password_file`` (a mosquitto password file, e.g. the one ``ansim provision`` writes) makes
+    the plain listener refuse anonymous clients and check user names and passwords.
     """
 
     def __init__(self, *, workdir: Path | str | None = None, host: str = "127.0.0.1",
@@ -132,7 +134,7 @@ class MosquittoBroker:
                  acl: Sequence[str] | None = None, persistence: bool = False,
                  bridges: Sequence[Bridge] = (), startup_timeout: float = 5.0,
                  max_packet_size: int | None = MAX_PACKET_SIZE, save_every_change: bool = True,
-                 debug_log: bool = False) -> None:
+                 debug_log: bool = False, password_file: Path | str | None = None) -> None:
         if tls is not None and (tls.certfile is None or tls.keyfile is None):
             raise ValueError("a TLS listener needs certfile and keyfile")
         self._owns_workdir = workdir is None
@@ -148,6 +150,7 @@ class MosquittoBroker:
         self.bridges = tuple(bridges)
         self.startup_timeout = startup_timeout
         self.max_packet_size = max_packet_size
+        self.password_file = Path(password_file).resolve() if password_file is not None else None
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self.output_path = self.workdir / "mosquitto.out"
@@ -309,6 +312,8 @@ class MosquittoBroker:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _tls_lines(self) -> list[str]:
+        if self.tls is None and self.password_file is not None:
+            return ["allow_anonymous false", f"password_file {self.password_file}"]
         if self.tls is None:
             return ["allow_anonymous true"]
         return [
@@ -453,16 +458,20 @@ class SyncClient:
 
 def connect_client(host: str, port: int, *, client_id: str = "", tls: TlsFiles | None = None,
                    protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5, clean_start: bool = True,
-                   session_expiry: int = 0, timeout: float = 5.0) -> SyncClient:
+                   session_expiry: int = 0, timeout: float = 5.0, username: str | None = None,
+                   password: str | None = None) -> SyncClient:
     """Connect a :class:`SyncClient` and return once CONNACK says success.
 
     Raises :class:`ConnectFailed` if the broker refuses (bad or missing certificate, ACL, ...)
     or does not answer within ``timeout``. ``clean_start`` false plus a ``session_expiry``
-    (seconds, MQTT v5) resumes a persistent session kept by the broker.
+    (seconds, MQTT v5) resumes a persistent session kept by the broker. ``username`` and
+    ``password``: the login for a broker with a ``password_file``.
     """
     v5 = protocol == mqtt.MQTTv5
     paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
                        reconnect_on_failure=False, **({} if v5 else {"clean_session": clean_start}))
+    if username is not None:
+        paho.username_pw_set(username, password)
     if tls is not None:
         paho.tls_set(ca_certs=str(tls.cafile),
                      certfile=str(tls.certfile) if tls.certfile else None,

@@ -14,6 +14,9 @@ def test_example_config_validates_and_documents_every_key(tmp_path):
     for name in ("center-ca.crt", "edge-jung-01.crt", "edge-jung-01.key"):
         (tmp_path / name).write_text("PEM\n")
     (tmp_path / "edge-jung-01.key").chmod(0o600)
+    (tmp_path / "mosquitto").mkdir()
+    (tmp_path / "mosquitto" / "agent.password").write_text("not-a-real-password\n")
+    (tmp_path / "mosquitto" / "agent.password").chmod(0o600)
     config = config_module.load(tmp_path / "agent.toml")
     assert config.center["keyfile"] == tmp_path / "edge-jung-01.key"
     raw = tomllib.loads(EXAMPLE.read_text())

@@ -3,14 +3,31 @@ per device, kept in a site directory:
 
     registry.toml            what the agent loads ([agent] registry)
     keys/<id>.key            16-byte keys as hex, mode 600, read by the agent
-    devices/<id>.json        what ``ansim flash`` copies to the device, mode 600 (holds its key)
+    devices/<id>.json        what ``ansim flash`` copies to the device, mode 600 (holds its key,
+                             its MQTT password, its WiFi password)
+    mosquitto/ansim.conf     the Pi's mosquitto on the LAN: goes to /etc/mosquitto/conf.d/
+    mosquitto/passwd         mosquitto password file (PBKDF2-SHA512 hashes), mode 600
+    mosquitto/acl            who may publish and read what (SPEC.md 6.2)
+    mosquitto/agent.password the agent's MQTT password ([local_mqtt] password_file), mode 600
+
+Each bell and streetlight logs in to the Pi's mosquitto as its device id with a random
+password of its own; the agent logs in as ``ansim-agent``. The ACL lets a device publish only
+on its own ``up`` and ``state`` topics and read only its own ``down`` topic; only the agent
+may publish on ``down`` (light commands, acks, time); anonymous clients are refused.
 
 Secrets are never printed or logged. Running ``add`` again adds devices and never changes a
-key; only ``rotate`` makes a new key for a device, and says that it must be flashed again.
+key or a password; only ``rotate`` makes a new key (and a new MQTT password) for a device, and
+says that it must be flashed again.
 """
 
+import base64
+import hashlib
 import json
 import os
+import re
+import secrets
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -23,7 +40,14 @@ class ProvisionError(Exception):
     pass
 
 
-CONFIG_KEYS = ("device_id", "role", "key", "position", "broker")  # written by provisioning itself
+CONFIG_KEYS = ("device_id", "role", "key", "position", "broker", "wifi")  # written by provisioning itself
+AGENT_USER = "ansim-agent"  # the agent's MQTT user name on the Pi's broker (device ids are 8 hex digits)
+MOSQUITTO_DIR = "/etc/mosquitto/ansim"  # where passwd and acl are installed on the Pi (--mosquitto-dir)
+LISTEN_PORT = 1883
+# Messages mosquitto keeps for a client that is away (the agent's persistent session, while it
+# restarts): its default of 1000 drops new ones beyond that, a bell press among them, after
+# ~3 minutes at a site of 200 devices; 0 (unlimited) lets a days-long outage eat the Pi's memory.
+MAX_QUEUED = 100000
 
 
 def add_parser(subparsers):
@@ -40,30 +64,48 @@ def add_parser(subparsers):
     add.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
                      help="a role setting for the device's config.json (VALUE is JSON, else text), e.g. "
                           "utc_offset_min=540 for a light's schedule in Korea; see the role's firmware docstring")
+    add.add_argument("--wifi-ssid", metavar="SSID", help="the WiFi network bells and streetlights join")
+    add.add_argument("--wifi-password-file", metavar="FILE",
+                     help="a file holding the WiFi password (WPA2: 8-63 characters, or 64 hex digits); "
+                          "it goes into the device's config, never on the command line or the screen")
+    _mosquitto_dir_option(add)
     listing = actions.add_parser("list", help="list the site's devices (no secrets)")
     listing.add_argument("--site", required=True)
     rotate = actions.add_parser("rotate", help="give one device a new key (it must be flashed again)")
     rotate.add_argument("--site", required=True)
     rotate.add_argument("--device", required=True, help="8 hex digits")
+    _mosquitto_dir_option(rotate)
     p.set_defaults(run=run)
+
+
+def _mosquitto_dir_option(parser):
+    parser.add_argument("--mosquitto-dir", metavar="DIR",
+                        help="where mosquitto/passwd and mosquitto/acl will be installed on the Pi, named in "
+                             "ansim.conf (default: as last time, else %s)" % MOSQUITTO_DIR)
 
 
 def run(args):
     site = Site(Path(args.site))
     try:
         if args.action == "add":
+            wifi = _wifi(args.role, args.wifi_ssid, args.wifi_password_file)
             for device in site.add(args.role, args.count, _position(args.position), args.name, args.broker,
-                                   _settings(args.settings)):
+                                   _settings(args.settings), wifi=wifi, mosquitto_dir=args.mosquitto_dir):
                 print("added %s %s%s" % (device["id"], device["role"],
                                          " at %.6f, %.6f" % tuple(device["position"]) if device.get("position") else ""))
             print("registry: %s (%d devices)" % (site.registry_path, len(site.devices)))
+            _report_mosquitto(site)
         elif args.action == "list":
             for device in site.devices:
                 print("%s  %-11s  %s" % (device["id"], device["role"], device.get("name", "")))
         else:
-            site.rotate(args.device)
-            print("new key for %s: flash it again (`ansim flash --device %s ...`); the old key no longer "
-                  "verifies" % (args.device, args.device))
+            fixed = site.rotate(args.device, mosquitto_dir=args.mosquitto_dir)
+            print("new key%s for %s: flash it again (`ansim flash --device %s ...`); the old key no longer "
+                  "verifies" % (" and MQTT password" if fixed else "", args.device, args.device))
+            if fixed:
+                print("install the new %s on the Pi and reload mosquitto: until it is flashed again, the "
+                      "device cannot log in" % (site.mosquitto / "passwd"))
+            _report_mosquitto(site)
     except ProvisionError as err:
         print("ansim provision: %s" % err, file=sys.stderr)
         return 2
@@ -83,6 +125,48 @@ def _settings(items):
         except ValueError:
             settings[name.strip()] = value
     return settings
+
+
+def _report_mosquitto(site):
+    for hex_id in site.new_credentials:
+        print("made MQTT credentials for %s (provisioned before they existed): flash it again" % hex_id)
+    print("mosquitto: %s, %s, %s (install: see README, \"The Pi's mosquitto on the LAN\")"
+          % (site.mosquitto / "ansim.conf", site.mosquitto / "passwd", site.mosquitto / "acl"))
+    print("agent: [local_mqtt] username = \"%s\", password_file = \"%s\""
+          % (AGENT_USER, site.agent_password_path.resolve()))
+
+
+def _wifi(role, ssid, password_file):
+    """{"ssid", "password"} for the device's config, or None; the password is read from a file
+    and never appears in a message."""
+    if ssid is None and password_file is None:
+        return None
+    if role not in FIXED:
+        raise ProvisionError("--wifi-ssid and --wifi-password-file are for bells and streetlights "
+                             "(a %s has no WiFi)" % role)
+    if ssid is None or password_file is None:
+        raise ProvisionError("give both --wifi-ssid and --wifi-password-file")
+    if not ssid or len(ssid.encode()) > 32:
+        raise ProvisionError("--wifi-ssid must be 1 to 32 bytes long")
+    try:
+        with open(password_file, "rb") as f:
+            raw = f.read(1024)
+    except OSError as err:
+        raise ProvisionError("--wifi-password-file %s: cannot read it (%s)"
+                             % (password_file, err.strerror or type(err).__name__)) from None
+    try:
+        password = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProvisionError("--wifi-password-file %s: a WPA2 password is ASCII text" % password_file) from None
+    if password.endswith("\n"):  # one line ending, as an editor or echo leaves it; spaces are kept
+        password = password[:-2] if password.endswith("\r\n") else password[:-1]
+    ok = (8 <= len(password) <= 63 and all(" " <= c <= "~" for c in password)
+          or len(password) == 64 and all(c in "0123456789abcdefABCDEF" for c in password))
+    if not ok:
+        raise ProvisionError("--wifi-password-file %s: must hold one WPA2 password, 8 to 63 printable "
+                             "characters (or 64 hex digits), on one line (got %d characters)"
+                             % (password_file, len(password)))
+    return {"ssid": ssid, "password": password}
 
 
 def _position(text):
@@ -106,6 +190,18 @@ def _broker(text):
     return {"host": host, "port": int(port)}
 
 
+def _new_password():
+    return secrets.token_urlsafe(24)  # 192 bits, [A-Za-z0-9_-]: no ':' for the password file
+
+
+def _mosquitto_hash(password):
+    """mosquitto 2's default password hash ($7$: PBKDF2-SHA512, 101 iterations, 12-byte salt),
+    for when mosquitto_passwd is not installed on the machine that provisions."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return "$7$101$%s$%s" % (base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+
+
 def _write_secret(path, text):
     """Create or replace a file readable by its owner only (never briefly wider)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -119,6 +215,9 @@ class Site:
     def __init__(self, directory):
         self.directory = directory
         self.registry_path = directory / "registry.toml"
+        self.mosquitto = directory / "mosquitto"
+        self.agent_password_path = self.mosquitto / "agent.password"
+        self.new_credentials = []  # devices provisioned before MQTT credentials, given some now
         self.raw = {}
         if self.registry_path.exists():
             try:
@@ -128,12 +227,15 @@ class Site:
                                      % (self.registry_path, err)) from None
         self.devices = self.raw.setdefault("device", [])
 
-    def add(self, role, count, position, name, broker, settings=None):
+    def add(self, role, count, position, name, broker, settings=None, wifi=None, mosquitto_dir=None):
         if role in FIXED and position is None:
             raise ProvisionError("a %s needs --position lat,lon (where it is mounted)" % role)
         if count < 1:
             raise ProvisionError("--count must be at least 1")
+        if wifi is not None and role not in FIXED:
+            raise ProvisionError("WiFi settings are for bells and streetlights (a %s has no WiFi)" % role)
         broker = _broker(broker)  # checked before anything is written
+        mosquitto_dir = self._mosquitto_dir(mosquitto_dir)
         (self.directory / "keys").mkdir(parents=True, exist_ok=True)
         (self.directory / "devices").mkdir(exist_ok=True)
         taken = {int(d["id"], 16) for d in self.devices}
@@ -151,27 +253,39 @@ class Site:
                 device["position"] = position
             key = os.urandom(16)
             _write_secret(self.directory / device["key_file"], key.hex() + "\n")
-            self._write_device_config(device, key, broker, settings)
+            device_broker = dict(broker or {})
+            if role in FIXED:
+                device_broker.update(username=device["id"], password=_new_password())
+            self._write_device_config(device, key, device_broker, settings, wifi)
             self.devices.append(device)
             made.append(device)
         self._write_registry()
+        self._write_mosquitto(mosquitto_dir)
         return made
 
-    def rotate(self, device_hex):
+    def rotate(self, device_hex, mosquitto_dir=None):
+        """A new key, and for a bell or streetlight a new MQTT password; True for those."""
         device = next((d for d in self.devices if d["id"] == device_hex), None)
         if device is None:
             raise ProvisionError("no device %s in %s" % (device_hex, self.registry_path))
+        mosquitto_dir = self._mosquitto_dir(mosquitto_dir)
         key = os.urandom(16)
         _write_secret(self.directory / device["key_file"], key.hex() + "\n")
         old = self._device_config_path(device)
         kept = json.loads(old.read_text()) if old.exists() else {}
         settings = {k: v for k, v in kept.items() if k not in CONFIG_KEYS}
-        self._write_device_config(device, key, kept.get("broker"), settings)
+        broker = dict(kept.get("broker") or {})
+        fixed = device["role"] in FIXED
+        if fixed:
+            broker.update(username=device["id"], password=_new_password())
+        self._write_device_config(device, key, broker, settings, kept.get("wifi"))
+        self._write_mosquitto(mosquitto_dir)
+        return fixed
 
     def _device_config_path(self, device):
         return self.directory / "devices" / (device["id"] + ".json")
 
-    def _write_device_config(self, device, key, broker, settings=None):
+    def _write_device_config(self, device, key, broker, settings=None, wifi=None):
         config = {"device_id": device["id"], "role": device["role"], "key": key.hex()}
         config.update(settings or {})
         if "position" in device:
@@ -179,7 +293,86 @@ class Site:
             config["position"] = [pos["lat"], pos["lon"]] if isinstance(pos, dict) else list(pos)
         if broker:
             config["broker"] = broker
+        if wifi:
+            config["wifi"] = {"ssid": wifi["ssid"], "password": wifi["password"]}
         _write_secret(self._device_config_path(device), json.dumps(config, indent=1) + "\n")
+
+    # -- the Pi's mosquitto ---------------------------------------------------------------
+    def _mosquitto_dir(self, given):
+        """Where passwd and acl go on the Pi: as given, else as in the last ansim.conf, else
+        MOSQUITTO_DIR. Checked before anything is written."""
+        if given is None:
+            try:
+                found = re.search(r"^acl_file (/.*)/acl$", (self.mosquitto / "ansim.conf").read_text(), re.M)
+            except OSError:
+                found = None
+            return found.group(1) if found else MOSQUITTO_DIR
+        if not given.startswith("/") or any(c.isspace() for c in given):
+            raise ProvisionError("--mosquitto-dir must be an absolute path without spaces, e.g. %s "
+                                 "(mosquitto reads it from its own working directory)" % MOSQUITTO_DIR)
+        return given.rstrip("/") or "/"
+
+    def _credentials(self):
+        """(user name, password) for the agent and every bell and streetlight. Existing
+        passwords are kept; a device provisioned before credentials existed gets one now (and
+        is listed in ``new_credentials``: it must be flashed again)."""
+        self.mosquitto.mkdir(parents=True, exist_ok=True)
+        if self.agent_password_path.exists():
+            agent_password = self.agent_password_path.read_text().strip()
+        else:
+            agent_password = _new_password()
+            _write_secret(self.agent_password_path, agent_password + "\n")
+        users = [(AGENT_USER, agent_password)]
+        for device in self.devices:
+            if device["role"] not in FIXED:
+                continue
+            path = self._device_config_path(device)
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, ValueError):
+                print("ansim provision: %s is missing or broken: %s cannot log in to the broker until it is "
+                      "rotated (`ansim provision rotate --device %s`)" % (path, device["id"], device["id"]),
+                      file=sys.stderr)
+                continue
+            broker = config.get("broker") or {}
+            if broker.get("username") != device["id"] or not broker.get("password"):
+                broker.update(username=device["id"], password=_new_password())
+                config["broker"] = broker
+                _write_secret(path, json.dumps(config, indent=1) + "\n")
+                self.new_credentials.append(device["id"])
+            users.append((device["id"], broker["password"]))
+        return users
+
+    def _write_mosquitto(self, install_dir):
+        users = self._credentials()
+        self._write_passwd(users)
+        acl = self.mosquitto / "acl.tmp"
+        acl.write_text(ACL)
+        os.replace(acl, self.mosquitto / "acl")
+        conf = self.mosquitto / "ansim.conf.tmp"
+        conf.write_text(CONF.format(dir=install_dir, port=LISTEN_PORT, max_queued=MAX_QUEUED))
+        os.replace(conf, self.mosquitto / "ansim.conf")
+
+    def _write_passwd(self, users):
+        """mosquitto's password file, hashed by mosquitto_passwd -U (the passwords go through a
+        mode 600 file, never a command line), or by _mosquitto_hash without it."""
+        path = self.mosquitto / "passwd"
+        tmp = self.mosquitto / "passwd.tmp"
+        tool = shutil.which("mosquitto_passwd")
+        if tool is None:
+            _write_secret(tmp, "".join("%s:%s\n" % (user, _mosquitto_hash(pw)) for user, pw in users))
+        else:
+            _write_secret(tmp, "".join("%s:%s\n" % user_pw for user_pw in users))
+            try:
+                done = subprocess.run([tool, "-U", str(tmp)], capture_output=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                tmp.unlink(missing_ok=True)
+                raise ProvisionError("mosquitto_passwd failed: %s" % err) from None
+            if done.returncode != 0 or "$7$" not in tmp.read_text():
+                tmp.unlink(missing_ok=True)
+                raise ProvisionError("mosquitto_passwd -U failed (status %d): %s" % (
+                    done.returncode, (done.stderr or done.stdout).decode(errors="replace").strip()[:200]))
+        os.replace(tmp, path)
 
     def _write_registry(self):
         """Rewrite the registry: devices, and the cameras and facilities added by hand."""
@@ -192,6 +385,65 @@ class Site:
         tmp = self.registry_path.with_name("registry.toml.tmp")
         tmp.write_text("\n".join(lines))
         os.replace(tmp, self.registry_path)
+
+
+# The ACL (SPEC.md 6.2). Lines before the first "user" would apply to anonymous clients: there
+# are none, and ansim.conf refuses anonymous clients anyway. "pattern" lines apply to every
+# user, %u being the user name: a device's name is its id, so it reaches its own topics only.
+ACL = """\
+# Written by `ansim provision`: who may publish (write) and subscribe (read) what on the Pi's
+# broker (SPEC.md 6.2). Anonymous clients: nothing (no lines before the first "user").
+
+# The edge agent: reads every device's frames and state and the BLE relays' frames; the only
+# one that may publish on a device's down topic (light commands, acks, time).
+user %(agent)s
+topic read ansim/v1/dev/+/up
+topic read ansim/v1/dev/+/state
+topic read ansim/v1/relay/+/up
+topic write ansim/v1/dev/+/down
+
+# Each bell and streetlight (user name = its device id): publishes its own frames and its
+# online/offline state (retained, and its last will), reads only its own down topic.
+pattern write ansim/v1/dev/%%u/up
+pattern write ansim/v1/dev/%%u/state
+pattern read ansim/v1/dev/%%u/down
+""" % {"agent": AGENT_USER}
+
+CONF = """\
+# ansim: the Pi's mosquitto for bells and streetlights on the LAN. Written by `ansim provision`;
+# install as /etc/mosquitto/conf.d/ansim.conf, with passwd and acl in {dir}/ (README: "The
+# Pi's mosquitto on the LAN"). Debian's /etc/mosquitto/mosquitto.conf includes conf.d/.
+
+# mosquitto 2 listens on localhost only unless a listener is configured: this one takes every
+# interface (the bells and streetlights are on the WiFi); the agent connects to it on 127.0.0.1.
+listener {port}
+
+# No login, no connection: every device has its own user name (its id) and password.
+allow_anonymous false
+
+# The user names and PBKDF2-SHA512 password hashes (mosquitto_passwd's format).
+password_file {dir}/passwd
+
+# A device publishes only on its own up and state topics and reads only its own down topic;
+# only the agent publishes on down topics (light commands).
+acl_file {dir}/acl
+
+# Frames are at most 64 bytes and topics under 40: a client sending a longer packet (a 1 MB
+# message once made a streetlight fail with MemoryError) is disconnected before it is passed on.
+max_packet_size 1024
+
+# Send small packets (PUBACKs) at once instead of waiting for Nagle's algorithm (~10 ms each).
+set_tcp_nodelay true
+
+# Keep the agent's session (frames queued for it while it restarts) and the retained
+# online/offline states across a restart of mosquitto (Debian's mosquitto.conf sets it too).
+persistence true
+
+# Messages kept for a client that is away (the agent): mosquitto's default of 1000 would drop a
+# bell press after a few minutes without the agent at a site of 200 devices; a bound (not 0,
+# unlimited) so that a days-long outage cannot take all of the Pi's memory.
+max_queued_messages {max_queued}
+"""
 
 
 def _toml_value(value):

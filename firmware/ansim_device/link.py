@@ -41,7 +41,8 @@ class DeviceLink:
                                int(broker.get("port", 1883)), keepalive=int(config.get("keepalive_s", 30)),
                                will=(self.state_topic, b"offline", True, 1),
                                on_message=self._message, on_connect=self._connected,
-                               on_disconnect=self._disconnected)
+                               on_disconnect=self._disconnected, username=broker.get("username"),
+                               password=broker.get("password"))
 
     @property
     def connected(self):

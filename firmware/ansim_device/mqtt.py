@@ -3,7 +3,8 @@
 Why written here: paho does not run on MicroPython, and micropython-lib's ``umqtt.simple`` /
 ``umqtt.robust`` are blocking (a streetlight must keep blinking while it waits for the broker)
 and cannot be installed with ``mip`` on an offline site. What a bell or streetlight needs is
-small: CONNECT with a client id, keepalive and a last will; QoS 0/1 PUBLISH (QoS 1 waits for
+small: CONNECT with a client id, keepalive, a last will and a user name and password (the
+Pi's mosquitto refuses anonymous clients); QoS 0/1 PUBLISH (QoS 1 waits for
 its PUBACK); SUBSCRIBE; receiving QoS 0/1 publishes (PUBACK sent); PINGREQ; reconnection with
 exponential backoff. No QoS 2, no persistent session (clean session: commands that arrive
 while a device is offline would be stale anyway), no TLS.
@@ -30,10 +31,15 @@ MAX_PACKET = 256
 CHUNK = 256
 CONNACK_ERRORS = {1: "bad protocol version", 2: "client id rejected", 3: "server unavailable",
                   4: "bad user name or password", 5: "not authorised"}
+REFUSED_LOGIN = (4, 5)  # retrying soon cannot help: the broker's passwd or this config must change
 
 
 class MQTTError(Exception):
     pass
+
+
+class Refused(MQTTError):
+    """CONNACK refused the login: ``args[0]`` is its return code, 4 or 5."""
 
 
 def _str(s):
@@ -62,11 +68,15 @@ async def _sleep(seconds):
 class MQTTClient:
     """``client.run()`` keeps a connection up forever; ``on_connect`` (async, no args) runs
     after each CONNACK (subscribe there); ``on_message(topic, payload)`` (sync) gets every
-    publish. ``connected`` tells whether the link is up."""
+    publish. ``connected`` tells whether the link is up. ``username`` and ``password`` (str or
+    bytes, or None) go into CONNECT; a broker that refuses them (CONNACK 4 or 5) is tried again
+    only every ``backoff_max`` seconds, with a console line saying why."""
 
     def __init__(self, client_id, host, port=1883, keepalive=30, will=None, on_message=None,
-                 on_connect=None, on_disconnect=None, timeout=5, backoff_max=30):
+                 on_connect=None, on_disconnect=None, timeout=5, backoff_max=30, username=None,
+                 password=None):
         self.client_id = client_id
+        self.username, self.password = username, password
         self.host, self.port = host, port
         self.keepalive = keepalive
         self.will = will  # (topic, payload, retain, qos)
@@ -157,11 +167,19 @@ class MQTTClient:
             topic, message, retain, qos = self.will
             flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
             payload += _str(topic) + _str(message)
+        if self.username is not None:  # MQTT 3.1.1 3.1.2.8-9: a password only with a user name
+            flags |= 0x80
+            payload += _str(self.username)
+            if self.password is not None:
+                flags |= 0x40
+                payload += _str(self.password)
         body = _str(b"MQTT") + bytes([4, flags]) + struct.pack(">H", self.keepalive) + payload
         await self._send(_packet(CONNECT, body))
         kind, body = await self._read_packet(self.timeout)
         if kind != CONNACK or not body or len(body) != 2:
             raise MQTTError("expected CONNACK, got type 0x%02x" % kind)
+        if body[1] in REFUSED_LOGIN:
+            raise Refused(body[1])
         if body[1]:
             raise MQTTError("connection refused: %s" % CONNACK_ERRORS.get(body[1], body[1]))
         self._lost = asyncio.Event()
@@ -295,6 +313,11 @@ class MQTTClient:
                     self._close()
                     receiver.cancel()
                     pinger.cancel()
+            except Refused as e:  # wrong credentials: a person must act, retrying fast cannot help
+                backoff = self.backoff_max
+                print("mqtt: %s:%d refused %s as %s: %s: check the broker's passwd and acl against this "
+                      "device's config.json (ansim provision, ansim flash); retry in %d s"
+                      % (self.host, self.port, self.client_id, self.username, CONNACK_ERRORS[e.args[0]], backoff))
             except Exception as e:  # noqa: B902 (any failure: retry later)
                 print("mqtt: link to %s:%d down: %r; retry in %d s" % (self.host, self.port, e, backoff))
             self._close()
