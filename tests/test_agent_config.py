@@ -114,6 +114,16 @@ def _keyfile_mode(mode):
     return mutate
 
 
+def _local_password(mode, text="s3cret-agent-password\n", username=True):
+    def mutate(site):
+        (site.dir / "agent.password").write_text(text)
+        (site.dir / "agent.password").chmod(mode)
+        site.sections["local_mqtt"]["password_file"] = '"agent.password"'
+        if username:
+            site.sections["local_mqtt"]["username"] = '"ansim-agent"'
+    return mutate
+
+
 CONFIG_CASES = {
     "invalid TOML, line shown": (
         _text('[agent]\nid = "edge-test-01"\nsite = jung-gu\n'),
@@ -166,6 +176,19 @@ CONFIG_CASES = {
     "keyfile readable by others": (
         _keyfile_mode(0o644),
         ["agent.toml", "[center] keyfile", "agent.key is readable by others (mode 644)", "run `chmod 600 "]),
+    "local broker password readable by others": (
+        _local_password(0o644),
+        ["agent.toml", "[local_mqtt] password_file", "agent.password is readable by others (mode 644)",
+         "chmod 600"]),
+    "local broker password without a username": (
+        _local_password(0o600, username=False),
+        ["agent.toml", "[local_mqtt] password_file", "without username", 'username = "ansim-agent"']),
+    "local broker password file missing": (
+        lambda site: site.sections["local_mqtt"].update(username='"ansim-agent"', password_file='"nope.password"'),
+        ["agent.toml", "[local_mqtt] password_file", "nope.password does not exist", "fix the path"]),
+    "local broker password file empty": (
+        _local_password(0o600, text=""),
+        ["agent.toml", "[local_mqtt] password_file", "is empty", "agent.password"]),
     "keyfile readable by the group": (
         _keyfile_mode(0o640),
         ["agent.toml", "[center] keyfile", "(mode 640)", "chmod 600"]),
