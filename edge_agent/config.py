@@ -185,6 +185,10 @@ def validate(raw, path):
         sections[section] = {key: _value(path, section, key, setting, given, base)
                              for key, setting in settings.items()}
     center = sections["center"]
+    if center["district"] == center["fallback"]:
+        raise ConfigError("%s: [center] fallback: %r is also the district: escalation would go back to the center "
+                          "that did not answer; set fallback to the citywide center's segment (the default is "
+                          "\"citywide\")" % (path, center["fallback"]))
     if not center["tls"] and not center["allow_plaintext"] and not is_loopback(center["host"]):
         raise ConfigError("%s: [center] tls: false toward %s, which is not this machine (loopback), would send "
                           "alerts unencrypted over the network: set tls = true with cafile, certfile and keyfile, "

@@ -282,6 +282,12 @@ def test_plaintext_to_a_lab_network_with_the_explicit_opt_in(site):
         ("192.168.0.10", False, True)
 
 
+def test_a_fallback_that_is_the_district_itself_is_refused(site):
+    _set("center", "fallback", '"jung-gu"')(site)
+    site.write()
+    assert_one_line_error(ansim_agent(site.config_path), "[center] fallback", "also the district", "citywide")
+
+
 def test_a_missing_config_file(tmp_path):
     missing = tmp_path / "etc" / "agent.toml"
     assert_one_line_error(ansim_agent(missing), str(missing), "no such file", "pass --config")
