@@ -30,6 +30,11 @@
   press). An open lid at boot is reported too.
 - ``heartbeat`` every ``heartbeat_s`` (default 30), skipped while the broker is away;
   counters from ``PersistentCounter``.
+- WiFi: with ``config["wifi"]`` ({"ssid", "password"}) the station joins the site's access
+  point and keeps it joined (``ansim_device.wifi``: backoff 2 s doubling to 60 s, wrong password
+  or missing access point on the console and the status LED, ``status_led_pin`` default 2); MQTT
+  runs only while it is joined. Presses and tamper changes made while the WiFi is away wait in
+  the outbox (and in flash) like those of a broker outage. Without "wifi": no station.
 - Watchdog: ``machine.WDT`` of ``config["watchdog_s"]`` (default 30; 0: none), fed by the
   10 ms poll: a hung bell resets. It cannot be stopped: at the REPL (mpremote, ``ansim
   flash``) the board resets ``watchdog_s`` after main.py stopped.
@@ -81,6 +86,10 @@ class Bell:
         self.link = DeviceLink(config, "bell", "center_ack", "/state/ack", self.on_ack,
                                on_connect=self.more.set, on_disconnect=lambda: print("bell: broker lost"))
         self.link.send = self.send  # the link's heartbeats go through the outbox too
+        self.wifi = None
+        if config.get("wifi"):  # else wired otherwise (a test's virtual board): no station
+            from ansim_device.wifi import Station
+            self.wifi = Station(config, "bell")
         self.watchdog_ms = int(float(config.get("watchdog_s", 30) or 0) * 1000)
         self.wdt = None
 
@@ -216,7 +225,13 @@ class Bell:
         if self.watchdog_ms > 0:
             self.wdt = machine.WDT(timeout=self.watchdog_ms)
             print("bell: watchdog %d ms" % self.watchdog_ms)
-        await asyncio.gather(self.link.mqtt.run(), self.sender(), self.inputs(), self.link.heartbeats())
+        await asyncio.gather(self.sender(), self.inputs(), self.link.heartbeats(), *self.network())
+
+    def network(self):
+        """The MQTT link's tasks: with WiFi, the station's and MQTT only while it is joined."""
+        if self.wifi is None:
+            return [self.link.mqtt.run()]
+        return [self.wifi.run(), self.wifi.show(), self.wifi.while_joined(self.link.mqtt.run, self.link.mqtt._close)]
 
 
 def main(config):

@@ -13,8 +13,12 @@
   cannot be judged and the command is obeyed). ``blink`` toggles 100 % / 10 % every 250 ms,
   ``brighten`` holds ``level_pct``, both for ``duration_s`` (0: until ``restore``);
   ``restore`` goes back to the schedule.
-- Broker link lost: any command is dropped and the light runs its schedule (mode
-  ``fallback``) until the link is back.
+- Broker link lost (the broker or the WiFi gone): any command is dropped and the light runs
+  its schedule (mode ``fallback``) until the link is back.
+- WiFi: with ``config["wifi"]`` ({"ssid", "password"}) the station joins the site's access
+  point and keeps it joined (``ansim_device.wifi``: backoff 2 s doubling to 60 s, wrong password
+  or missing access point on the console and the status LED, ``status_led_pin`` default 2); MQTT
+  runs only while it is joined. Without "wifi": no station.
 - Lamp fault: with ``config["lamp_sense_pin"]`` (an ADC on the lamp's current or light
   sensor; default none: no sensing), a reading below ``lamp_sense_min_u16`` (default 4000)
   for 2 s while the output is above 0 sets faults bit 0; a reading at or above it for 2 s
@@ -73,6 +77,10 @@ class Streetlight:
         self.changed = asyncio.Event()
         self.link = DeviceLink(config, "light", "light_command", "/state/cmd", self.on_command,
                                self.on_connect, self.on_disconnect)
+        self.wifi = None
+        if config.get("wifi"):  # else wired otherwise (a test's virtual board): no station
+            from ansim_device.wifi import Station
+            self.wifi = Station(config, "light")
 
     # -- levels ---------------------------------------------------------------------------
     def schedule_pct(self):
@@ -200,7 +208,13 @@ class Streetlight:
             self.wdt = machine.WDT(timeout=self.watchdog_ms)
             print("light: watchdog %d ms" % self.watchdog_ms)
         self.set_output(self.output_pct())
-        await asyncio.gather(self.link.mqtt.run(), self.drive(), self.link.heartbeats())
+        await asyncio.gather(self.drive(), self.link.heartbeats(), *self.network())
+
+    def network(self):
+        """The MQTT link's tasks: with WiFi, the station's and MQTT only while it is joined."""
+        if self.wifi is None:
+            return [self.link.mqtt.run()]
+        return [self.wifi.run(), self.wifi.show(), self.wifi.while_joined(self.link.mqtt.run, self.link.mqtt._close)]
 
 
 def main(config):

@@ -10,7 +10,8 @@ board needs a serial port, a flash that survives resets, and pins a test can pre
 - The bridge turns each Ctrl-C byte into SIGINT for the VM: the VM has one thread, busy with
   main.py, and this is how mpremote can interrupt a main.py that never returns.
 - ``.control`` is the host end of the board's control socket (JSON lines): press buttons, feed
-  UART bytes, wait for pin/PWM/UART/advertising/print events.
+  UART bytes, set the WiFi access point (``access_point``), wait for pin/PWM/UART/advertising/
+  print/wifi events.
 - ``reset()`` and ``power_cycle()`` kill the VM and start a new one (reset cause 2 and 1);
   ``machine.reset()`` and the watchdog do the same from inside. The board directory is the
   flash: it persists.
@@ -213,8 +214,22 @@ class Control:
         if not self.send({"cmd": "uart", "id": uart_id, "data": bytes(data).hex()}):
             raise BoardError("the board is not running (no control connection)")
 
+    def access_point(self, ssid: str | None = None, password: str | None = None, *, up: bool | None = None,
+                     join_ms: int | None = None) -> None:
+        """The board's WiFi access point (see board/_vb_network.py): its SSID and password, whether
+        it is on the air, how long a join takes. Only what is given changes; the whole state is
+        replayed to every new VM (the access point outlives a board reset). Never set: any SSID
+        and password join."""
+        with self._send_lock:
+            cmd = dict(self._inputs.get(("ap",), {"cmd": "ap"}))
+        for name, value in (("ssid", ssid), ("password", password), ("up", up), ("join_ms", join_ms)):
+            if value is not None:
+                cmd[name] = value
+        self._input(("ap",), cmd)
+
     def wifi(self, up: bool) -> None:
-        self._input(("wifi",), {"cmd": "wifi", "up": bool(up)})
+        """The access point on the air or not (``access_point(up=...)``)."""
+        self.access_point(up=bool(up))
 
     def pin(self, pin, default=None):
         """The last level the board drove on ``pin``."""
@@ -299,17 +314,20 @@ class VirtualBoard:
     ``uid`` (hex) is machine.unique_id() and the base of the MAC addresses; ``heap`` is the VM
     heap (an ESP32 has roughly 100-150k free); ``workdir`` holds the config and ``vm.log``
     (the VM's stderr), a temporary directory by default; ``clock``: the RTC at power-on
-    ("host", None for never set, or a Unix time; see the module's docstring).
+    ("host", None for never set, or a Unix time; see the module's docstring); ``access_point``:
+    the WiFi access point from power-on, ``Control.access_point``'s arguments ({"ssid": ...,
+    "password": ..., "up": ..., "join_ms": ...}; None: any SSID and password join).
     """
 
     def __init__(self, board_dir, transport: str = "pty", *, uid: str = "240ac4000001",
                  heap: str | None = "512k", workdir=None, start_timeout: float = 10.0,
-                 clock: str | float | None = "host") -> None:
+                 clock: str | float | None = "host", access_point: dict | None = None) -> None:
         if transport not in ("pty", "socket"):
             raise ValueError("transport is 'pty' or 'socket'")
         if not (clock is None or clock == "host" or isinstance(clock, (int, float))):
             raise ValueError("clock is 'host', None (never set) or a Unix time")
         self.clock = clock
+        self.access_point = access_point
         self.board_dir = Path(board_dir).resolve()
         self.transport = transport
         self.uid, self.heap, self.start_timeout = uid, heap, start_timeout
@@ -332,6 +350,8 @@ class VirtualBoard:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.control = Control()
         self.control.on_hello = self._on_hello
+        if self.access_point is not None:  # on the air before the first boot
+            self.control.access_point(**self.access_point)
         self._wake_r, self._wake_w = os.pipe()
         self._listener = self._client = None
         self._master = None

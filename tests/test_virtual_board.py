@@ -215,11 +215,14 @@ def test_wifi_is_the_hosts_network_up_to_a_real_broker(pty_board, tmp_path, brok
     subscriber.subscribe("ansim/test/#")
     (pty_board.board_dir / "broker.json").write_text(json.dumps({"port": broker.port}))
     source = """
-    import json, network, socket, struct
+    import json, network, socket, struct, time
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
     wlan.connect("street", "secret")
-    assert wlan.isconnected()
+    while not wlan.isconnected():  # a join takes time, as on an ESP32 (any network joins here)
+        assert wlan.status() == network.STAT_CONNECTING
+        time.sleep_ms(20)
+    assert wlan.status() == network.STAT_GOT_IP
     port = json.load(open("broker.json"))["port"]
     def packet(kind, body):
         return bytes([kind, len(body)]) + body

@@ -8,7 +8,7 @@ boot.py and main.py after each reset, a flash filesystem and ``machine``/``bluet
   Ctrl-B friendly, Ctrl-C clear, Ctrl-D execute or soft reboot, raw-paste ``\\x05A\\x01``).
   REPL globals persist between executions and are main.py's, as on a board;
 - flash = a host directory mounted at ``/`` (``vfs.VfsPosix``), sys.path ``['', '.frozen', '/lib']``;
-- the _vb_* modules replace machine, bluetooth, network, time and select in sys.modules before
+- the _vb_* modules replace machine, bluetooth, network, socket, time and select in sys.modules before
   any firmware runs, so the firmware is unchanged; they report pins, PWM, UART and
   advertisements on the control socket (JSON lines, see _vb_ctl) and take button presses;
 - resets: a soft reset (Ctrl-D, sys.exit, machine.soft_reset) forgets imported modules and
@@ -44,6 +44,7 @@ import _vb_machine
 import _vb_network
 import _vb_os
 import _vb_select
+import _vb_socket
 import _vb_time
 
 RAW, FRIENDLY = "raw", "friendly"
@@ -52,7 +53,8 @@ BANNER = ("MicroPython v%d.%d.%d on ansim virtual board; unix VM\r\n"
           "Type \"help()\" for more information.\r\n" % sys.implementation.version[:3]).encode()
 PASTE_WINDOW = 512
 FAKES = {"machine": _vb_machine, "bluetooth": _vb_bluetooth, "esp32": _vb_esp32, "network": _vb_network,
-         "os": _vb_os, "uos": _vb_os, "time": _vb_time, "utime": _vb_time, "select": _vb_select, "uselect": _vb_select}
+         "os": _vb_os, "uos": _vb_os, "time": _vb_time, "utime": _vb_time, "select": _vb_select, "uselect": _vb_select,
+         "socket": _vb_socket, "usocket": _vb_socket}
 
 _write = sys.stdout.buffer.write
 _readinto = sys.stdin.buffer.readinto
