@@ -83,5 +83,17 @@ class AsyncAdapters:
             asyncio.run_coroutine_threadsafe(intake.stop(), self.loop).result(START_TIMEOUT_S)
         self.started = []
         if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._cancel_the_rest(), self.loop).result(START_TIMEOUT_S)
+            except (asyncio.CancelledError, TimeoutError):
+                pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
+
+    @staticmethod
+    async def _cancel_the_rest():
+        """Tasks the radios left (timers, a library's workers) end here, not destroyed pending."""
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
