@@ -52,3 +52,10 @@ $(STAMP): pyproject.toml constraints.txt | system-packages
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# Not part of test: the Pi install (tools/install-pi.sh) in a clean Debian bookworm root, arm64
+# under qemu when this machine can emulate it (debootstrap; root; the first run downloads about
+# 100 MB into /var/cache/ansim-debootstrap). tools/check-install.sh says what it checks.
+.PHONY: test-install
+test-install:
+	sh tools/check-install.sh
