@@ -14,7 +14,8 @@
 #    configuration and a second mosquitto as the center; the agent started as the unit's ExecStart
 #    says, as user ansim, with the unit's environment, UMask and state directory, and a
 #    NOTIFY_SOCKET that must receive READY=1; then `ansim agent status` must exit 0 or 3.
-# Everything mounted is unmounted and every process started in the root is stopped, always.
+# Everything mounted is unmounted and every process started in the root is stopped, always; the
+# root is removed after a passed run and kept after a failed one.
 #
 # Settings (environment): ANSIM_CHECK_ARCH (arm64 or amd64; default arm64 if emulation works),
 # ANSIM_CHECK_CACHE (default /var/cache/ansim-debootstrap), ANSIM_CHECK_DIR (the root's parent;
@@ -50,6 +51,12 @@ cleanup() {
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || echo "check-install: could not unmount $m" >&2
     done
     mounted=""
+    # A passed run leaves nothing behind but the cache; a failed one keeps the root to look at.
+    if [ "$rc" -eq 0 ] && [ -d "$ROOT" ] && ! grep -q " $ROOT" /proc/mounts; then
+        rm -rf "$ROOT"
+    elif [ "$rc" -ne 0 ] && [ -d "$ROOT" ]; then
+        echo "check-install: the root is kept for a look: $ROOT (logs: $WORK)" >&2
+    fi
     exit $rc
 }
 trap cleanup EXIT
