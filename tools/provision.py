@@ -132,7 +132,8 @@ def _report_mosquitto(site):
         print("made MQTT credentials for %s (provisioned before they existed): flash it again" % hex_id)
     print("mosquitto: %s, %s, %s (install: see README, \"The Pi's mosquitto on the LAN\")"
           % (site.mosquitto / "ansim.conf", site.mosquitto / "passwd", site.mosquitto / "acl"))
-    print("agent: [local_mqtt] username = \"%s\", password_file = \"%s\""
+    print("agent: [local_mqtt] username = \"%s\", password_file = the installed copy of %s "
+          "(`tools/install-pi.sh --site` puts it in /etc/ansim/local-mqtt.password)"
           % (AGENT_USER, site.agent_password_path.resolve()))
 
 
