@@ -12,7 +12,8 @@ edge agents nearby.
   ``BURST_INTERVAL_MS`` (30 ms); then ``RESEND_MS`` (1 s) of advertising at the end of every
   ``resend_every_s`` (10 s) until the center's ack arrives or ``sos_timeout_s`` (120) passes.
   The same frame is sent all along (the agent deduplicates it); the radio scans for the ack
-  meanwhile. Another SOS gesture while one is running restarts the burst. Intervals under
+  meanwhile, and ``LISTEN_AFTER_ACK_MS`` (2 s) after it for the ``time`` frame the agent may
+  send with it (either may be heard first: SPEC.md 3.2). Another SOS gesture while one is running restarts the burst. Intervals under
   100 ms need a Bluetooth 5 controller (ESP32-C3/S3); a Bluetooth 4.2 one (the first ESP32)
   may refuse them for non-connectable advertising.
 - Cancel: a second long press within ``CANCEL_MS`` (5 s) of the SOS sends ``cancel`` (a burst)
@@ -54,6 +55,7 @@ EXT0_WAKE = 2  # machine.wake_reason() after the button woke a light sleep (ESP3
 POLL_MS, DEBOUNCE_MS, LONG_MS, TRIPLE_MS, CANCEL_MS = 10, 50, 1000, 1500, 5000
 BURST_MS, BURST_INTERVAL_MS = 3000, 30
 RESEND_MS = 1000
+LISTEN_AFTER_ACK_MS = 2000  # the time frame the agent sends with the ack may be heard after it
 REPORT_BURST_MS, REPORT_INTERVAL_MS = 1000, 50  # heartbeats, low battery
 TEST_HOLD_MS = 2000
 BATTERY_EMPTY_MV, BATTERY_FULL_MV, BATTERY_HYSTERESIS_MV = 3300, 4200, 100
@@ -127,7 +129,7 @@ class Wearable:
             self.gnss = Receiver(machine.UART(int(gnss.get("uart", 2)), baudrate=int(gnss.get("baudrate", 9600)),
                                               tx=int(gnss.get("tx", 17)), rx=int(gnss.get("rx", 16))))
         self.uplink = PersistentCounter("/state/up")
-        self.guard = ReplayGuard("/state/down")
+        self.guard = ReplayGuard("/state/down", late=True)  # time and ack come together, in either order
         self.epochs = PersistentCounter("/state/epoch", block=1)
         self.beacon = Beacon(self.keys)
         self.test_mode = bool(config.get("test_mode", False))
@@ -139,6 +141,7 @@ class Wearable:
         self.tx_kind = None
         self.tx_counter = self.tx_start = self.tx_epoch = 0
         self.tx_until_ack = False
+        self.deaf_at = None  # ticks when the radio stops listening after a transmission
         self.sos = None  # (counter, ticks) of the SOS that a long press may still cancel
         self.next_heartbeat = time.ticks_add(time.ticks_ms(), self.heartbeat_ms)
         self.uptime_ms = 0
@@ -172,6 +175,7 @@ class Wearable:
         self.tx_frame, self.tx_kind, self.tx_counter, self.tx_epoch = frame, kind, counter, epoch
         self.tx_start, self.tx_until_ack = time.ticks_ms(), until_ack
         if until_ack:
+            self.deaf_at = None
             self.beacon.listen(epoch)
         print("wearable: %s %d sent" % (kind, counter))
         return counter
@@ -179,7 +183,8 @@ class Wearable:
     def end_transmission(self, why):
         self.beacon.stop()
         if self.tx_until_ack:
-            self.beacon.deafen()
+            # the agent sends its time frame with the ack: listen a little longer for it
+            self.deaf_at = time.ticks_add(time.ticks_ms(), LISTEN_AFTER_ACK_MS if why == "acknowledged" else 0)
         print("wearable: %s %d %s" % (self.tx_kind, self.tx_counter, why))
         self.tx_frame = None
         self.tx_until_ack = False
@@ -249,7 +254,11 @@ class Wearable:
             self.armed = True
 
     # -- receiving ------------------------------------------------------------------------
-    def handle_downlink(self):
+    def handle_downlink(self, now):
+        if self.deaf_at is not None and time.ticks_diff(now, self.deaf_at) >= 0:
+            self.deaf_at = None
+            if self.tx_frame is None or not self.tx_until_ack:
+                self.beacon.deafen()
         while self.beacon.inbox:
             raw = self.beacon.inbox.pop(0)
             try:
@@ -302,7 +311,7 @@ class Wearable:
 
     # -- the loop -------------------------------------------------------------------------
     def idle(self):
-        return (self.tx_frame is None and self.armed and not self.presses and not self.fell
+        return (self.tx_frame is None and self.deaf_at is None and self.armed and not self.presses and not self.fell
                 and not self.feedback.busy() and self.button.value() == 1)
 
     def sleep(self, now):
@@ -338,7 +347,7 @@ class Wearable:
             self.feed()
             now = time.ticks_ms()
             self.poll_button(now)
-            self.handle_downlink()
+            self.handle_downlink(now)
             self.step_transmission(now)
             self.feedback.step(now)
             self.heartbeat(now)

@@ -260,6 +260,40 @@ def test_a_time_frame_heard_while_waiting_for_the_ack_sets_the_clock(wearable, t
         air.close()
 
 
+@pytest.mark.parametrize("first", ["center_ack", "time"])
+def test_the_clock_is_set_whichever_of_time_and_ack_is_heard_first(wearable, first):
+    """SPEC.md 3.2: the agent seals ``time`` (counter c) and ``center_ack`` (c + 1) together;
+    the wearable may hear either first, and neither makes the other a replay."""
+    from ansim_simulators.ble_radio import ThreadedAir
+    from ansim_simulators.board_radio import BoardRadio
+
+    board = wearable()
+    ctl = board.control
+    air = ThreadedAir()
+    try:
+        with BoardRadio(board, air):
+            mark = ctl.mark()
+            triple_press(board)
+            _, sos = next_advert(board, mark)
+            epoch = epoch_of(time.time() + ctl.rtc_offset)
+            right = int(time.time()) + 3600  # the wearable's clock is an hour late
+            sent = {"time": frames.build_sealed("time", {"unix_time": right}, KEYS, 7, epoch, downlink=True),
+                    "center_ack": frames.build_sealed("center_ack", {"acked_counter": sos.counter, "status": "received"},
+                                                      KEYS, 8, epoch, downlink=True)}
+            second = "time" if first == "center_ack" else "center_ack"
+            heard_first = "wearable: ack for" if first == "center_ack" else "wearable: clock set"
+            heard_second = "wearable: clock set" if first == "center_ack" else "wearable: ack for"
+            advertiser = air.call(air.air.add_advertiser(ble.advertisement(sent[first]), interval_ms=30))
+            printed(board, heard_first, mark)
+            air.call(advertiser.stop())
+            air.call(air.air.add_advertiser(ble.advertisement(sent[second]), interval_ms=30))
+            printed(board, heard_second, mark)
+            ctl.wait_for(lambda e: abs(e["offset"] - 3600) < 5, timeout=WAIT_S, since=mark, ev="rtc")
+            printed(board, "wearable: sos %d acknowledged" % sos.counter, mark)
+    finally:
+        air.close()
+
+
 def test_a_hung_wearable_is_reset_by_its_watchdog(wearable):
     board = wearable(watchdog_s=1)
     ctl = board.control

@@ -11,6 +11,9 @@ reservation was never exceeded.
 import binascii
 import os
 
+from ansim_protocol import frames
+from ansim_protocol.errors import FrameError
+
 COUNTER_MAX = (1 << 28) - 1
 
 
@@ -100,16 +103,32 @@ class PersistentCounter:
 
 class ReplayGuard:
     """The last counter accepted from the agent (commands, acks), persisted on every accept:
-    commands are rare, and a replayed command must never be obeyed after a reboot."""
+    commands are rare, and a replayed command must never be obeyed after a reboot.
 
-    def __init__(self, path):
+    ``late``: also accept, once, a counter up to 63 below the last that was not accepted yet
+    (the replay window of SPEC.md 5, ``frames.accept_counter``): a wearable hears the agent's
+    ``time`` and ``center_ack``, sent together, in either order (SPEC.md 3.2). Which of those
+    were accepted is kept in RAM only, so after a reboot nothing below the last is new."""
+
+    def __init__(self, path, late=False):
         self._counter = PersistentCounter(path, block=1)
         self.last = self._counter.peek() - 1
+        self._late = late
+        self._seen = (1 << frames.REPLAY_WINDOW) - 1  # after a boot: the whole window counts as seen
 
     def accept(self, counter):
         """True and remembered if ``counter`` is new; False for a replay."""
-        if counter <= self.last:
-            return False
+        if not self._late:
+            if counter <= self.last:
+                return False
+        else:
+            try:
+                highest, self._seen = frames.accept_counter(counter, self.last if self.last > 0 else None,
+                                                            self._seen)
+            except FrameError:
+                return False
+            if highest != counter:
+                return True  # a late one: accepted, nothing new to persist
         self._counter.skip_past(counter)
         self.last = counter
         return True
