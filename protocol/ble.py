@@ -1,7 +1,9 @@
 """BLE legacy advertisements that carry one ansim frame (SPEC.md, "BLE").
 
 Layout: flags AD ``02 01 06`` then manufacturer-specific data ``LEN FF FF FF <frame>`` under
-the test company id 0xFFFF: at most 24 bytes of frame in the 31-byte legacy payload.
+the test company id 0xFFFF (little-endian on air, as every Bluetooth field): at most 24 bytes
+of frame in the 31-byte legacy payload. The flags are optional for receivers; a zero-length
+AD structure ends the data (SPEC.md 6.1).
 """
 
 from .errors import ADVERTISEMENT, FrameError

@@ -4,17 +4,17 @@ Callers switch on ``reason`` (a short, stable word listed in SPEC.md), not on th
 which is for people.
 """
 
-SHORT = "short"          # fewer bytes than the smallest frame of its kind
-LENGTH = "length"        # length does not match the frame type
+SHORT = "short"          # empty input, or a plain frame under 18 bytes
+LENGTH = "length"        # sealed frame not 24 bytes, or plain body size not its type's
 VERSION = "version"      # protocol version this implementation does not speak
 ENVELOPE = "envelope"    # unknown envelope code in the header
 TYPE = "type"            # unknown frame type
 DIRECTION = "direction"  # frame type not allowed in this direction or envelope
 TAG = "tag"              # authentication failed (wrong key, tampered or corrupted frame)
-VALUE = "value"          # a field is out of range or an enum code is unknown
+VALUE = "value"          # counter 0, a field out of range, an unknown enum code, bad padding
 REPLAY = "replay"        # counter not above the last accepted one
 CHECKSUM = "checksum"    # serial-line CRC mismatch
-FRAMING = "framing"      # serial-line COBS block malformed or oversize
+FRAMING = "framing"      # serial-line COBS block malformed, over 67 bytes, or under 3 decoded
 ADVERTISEMENT = "advertisement"  # BLE advertising data malformed or without an ansim frame
 TOPIC = "topic"          # MQTT topic outside the ansim scheme
 UNKNOWN = "unknown"      # device id or rotating id not in the receiver's registry

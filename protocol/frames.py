@@ -34,14 +34,15 @@ UP = 1
 DOWN = 2
 BOTH = UP | DOWN
 
-# Field kinds: (size in bytes, lowest, highest) for integers; enums map codes to names.
+# Field kinds: (size in bytes, lowest, highest, *other allowed values) for integers; enums map
+# codes to names. COUNTER fields are 4 bytes holding a 28-bit counter: top 4 bits must be 0.
 U8 = (1, 0, 0xFF)
 U16 = (2, 0, 0xFFFF)
 U24 = (3, 0, 0xFFFFFF)
 U32 = (4, 0, 0xFFFFFFFF)
 COUNTER = (4, 0, COUNTER_MAX)
 PERCENT = (1, 0, 100)
-BATTERY = (1, 0, 0xFF)  # 0-100 %, 255 = mains powered / unknown
+BATTERY = (1, 0, 100, 255)  # 0-100 %, or 255 = mains powered / unknown; 101-254 are `value`
 LAT = "lat"
 LON = "lon"
 _SCALE = 0xFFFFFF
@@ -165,7 +166,8 @@ def unpack(data, keys):
     """Verify and decode one frame with the sender's ``DeviceKeys``. Raises FrameError only.
 
     Checks version, envelope, length and tag before reading any field, so nothing from an
-    unauthenticated frame reaches the caller.
+    unauthenticated frame reaches the caller. The order of all checks, which decides the
+    reason when several apply, is SPEC.md section 7.
     """
     data = bytes(data)
     header = peek(data)
@@ -181,6 +183,7 @@ def unpack(data, keys):
         size = _check_type(code, header)
         if body[size:] != bytes(len(body) - size):
             raise FrameError(VALUE, "sealed padding is not zero")
+        _check_counter(counter)
         fields = _decode_body(code, body[:size])
         return Frame(TYPES[code][0], counter, fields, header.envelope, rid=header.rid)
     tag = data[-PLAIN_TAG_SIZE:]
@@ -191,6 +194,7 @@ def unpack(data, keys):
     size = _check_type(code, header)
     if len(body) != size:
         raise FrameError(LENGTH, "%s body must be %d bytes, got %d" % (TYPES[code][0], size, len(body)))
+    _check_counter(counter)
     return Frame(TYPES[code][0], counter, _decode_body(code, body), header.envelope,
                  device_id=header.device_id)
 
@@ -212,6 +216,19 @@ def _check_type(code, header):
     return size
 
 
+def _in_range(value, kind):
+    return kind[1] <= value <= kind[2] or value in kind[3:]
+
+
+def _range_text(kind):
+    return "%d..%d" % (kind[1], kind[2]) + "".join(" or %d" % v for v in kind[3:])
+
+
+def _check_counter(counter):
+    if counter < 1:
+        raise FrameError(VALUE, "counter 0 is never sent (counters start at 1)")
+
+
 def _decode_body(code, body):
     fields = {}
     pos = 0
@@ -230,8 +247,8 @@ def _decode_body(code, body):
                 raise FrameError(VALUE, "%s code %d is not defined" % (name, raw))
             fields[name] = kind[raw]
         else:
-            if raw < kind[1] or raw > kind[2]:
-                raise FrameError(VALUE, "%s=%d outside %d..%d" % (name, raw, kind[1], kind[2]))
+            if not _in_range(raw, kind):
+                raise FrameError(VALUE, "%s=%d outside %s" % (name, raw, _range_text(kind)))
             fields[name] = raw
     if "accuracy_m" in fields and fields["accuracy_m"] == 0:
         if body[:6] != bytes(6):
@@ -267,9 +284,9 @@ def _encode_body(code, fields):
                 raise FrameError(VALUE, "%s=%r is not one of %s" % (name, value, sorted(kind.values())))
             size = 1
         else:
-            size, low, high = kind
-            if not isinstance(value, int) or value < low or value > high:
-                raise FrameError(VALUE, "%s=%r outside %d..%d" % (name, value, low, high))
+            size = kind[0]
+            if not isinstance(value, int) or not _in_range(value, kind):
+                raise FrameError(VALUE, "%s=%r outside %s" % (name, value, _range_text(kind)))
             raw = value
         out += struct.pack(">I", raw)[4 - size:]
     return bytes(out)

@@ -16,7 +16,8 @@ except ImportError:
 
 DELIMITER = 0
 FRAME_MAX = 64
-BLOCK_MAX = FRAME_MAX + 2 + FRAME_MAX // 254 + 2
+# COBS adds 1 byte per started run of 254: a 64-byte frame and its CRC (66 bytes) make 67.
+BLOCK_MAX = FRAME_MAX + 2 + 1 + (FRAME_MAX + 2) // 254
 
 
 def crc16(data):

@@ -26,7 +26,8 @@ LON_STEP = 360.0 / 0xFFFFFF
 def _field_strategy(kind):
     if isinstance(kind, dict):
         return st.sampled_from(sorted(kind.values()))
-    return st.integers(kind[1], kind[2])
+    values = st.integers(kind[1], kind[2])
+    return values | st.sampled_from(kind[3:]) if kind[3:] else values
 
 
 def _fields(code):
@@ -161,6 +162,37 @@ def test_serial_stream_resynchronises_after_garbage(frames_sent, garbage, cuts):
     received += deframer.feed(stream[pos:])
     assert received[len(received) - len(frames_sent):] == frames_sent
     assert len(received) - len(frames_sent) <= 1  # garbage can be a valid block only by chance
+
+
+@given(st.sampled_from(sorted({(name, kind) for code in frames.TYPES for name, kind in frames.TYPES[code][1]
+                                if isinstance(kind, tuple)}, key=str)),
+       st.integers(0, 0xFFFFFFFF))
+def test_integer_fields_accept_exactly_their_range(field, value):
+    """SPEC.md 4: lowest..highest plus the listed extra values (battery 255), nothing else."""
+    name, kind = field
+    assume(value < 1 << (8 * kind[0]))
+    code = next(c for c in frames.TYPES for n, k in frames.TYPES[c][1] if (n, k) == field)
+    body = bytearray(frames.body_size(code))
+    pos = 0
+    for n, k in frames.TYPES[code][1]:
+        size = frames._field_size(k)
+        if n == name:
+            body[pos:pos + size] = value.to_bytes(size, "big")
+        elif isinstance(k, dict):
+            body[pos] = min(k)
+        pos += size
+    downlink = not frames.TYPES[code][2] & frames.UP
+    keys = DeviceKeys(bytes(KEY_SIZE))
+    head = bytes([0x11 if downlink else 0x10]) + bytes(4)
+    frame = frames.sign_plain(head + ((code << 28) | 1).to_bytes(4, "big") + bytes(body), keys, downlink)
+    allowed = kind[1] <= value <= kind[2] or value in kind[3:]
+    if allowed:
+        assert frames.unpack(frame, keys).fields[name] == value
+    else:
+        with pytest.raises(FrameError) as caught:
+            frames.unpack(frame, keys)
+        assert caught.value.reason == "value"
+    assert allowed == (value <= 100 or value == 255 if name == "battery_pct" else value <= kind[2])
 
 
 @given(st.binary(max_size=600))

@@ -1,5 +1,7 @@
 """Every golden and negative vector, checked on CPython by the codec, by `ansim decode`, and
-(for advertisements) by bumble's independent AD parser."""
+(for advertisements) by bumble's independent AD parser. Serial vectors give the bytes on a line,
+the frames a reader takes from them and the blocks it drops per reason. tests/test_device_code.py
+runs the same vectors on the MicroPython VM (tests/micropython/check_vectors.py)."""
 
 import json
 import pathlib
@@ -9,7 +11,7 @@ import sys
 import pytest
 from bumble.core import AdvertisingData
 
-from ansim_protocol import ble, frames
+from ansim_protocol import ble, frames, serial_link
 from ansim_protocol.crypto import DeviceKeys, rotating_id
 from ansim_protocol.errors import REASONS, FrameError
 from ansim_tools import make_vectors
@@ -18,6 +20,7 @@ VECTORS_FILE = pathlib.Path(frames.__file__).parent / "vectors.json"
 VECTORS = json.loads(VECTORS_FILE.read_text())["vectors"]
 POSITIVE = [v for v in VECTORS if "expect" in v]
 NEGATIVE = [v for v in VECTORS if "error" in v]
+SERIAL = [v for v in VECTORS if "serial" in v]
 ANSIM = [sys.executable, "-m", "ansim_tools.cli"]
 
 
@@ -34,6 +37,30 @@ def test_vectors_cover_every_frame_type_and_every_rejection_of_a_frame():
     # serial, MQTT and registry reasons are tested with their transports
     frame_reasons = set(REASONS) - {"checksum", "framing", "topic", "unknown"}
     assert {v["error"] for v in NEGATIVE} == frame_reasons
+    assert {reason for v in SERIAL for reason in v["rejected"]} == {"checksum", "framing"}
+    assert len(POSITIVE) + len(NEGATIVE) + len(SERIAL) == len(VECTORS)
+
+
+def test_size_vectors_reach_each_envelopes_shortest_and_longest_frame():
+    sizes = {}
+    for v in POSITIVE:
+        sizes.setdefault(v["expect"]["envelope"], set()).add(len(v["hex"]) // 2)
+    assert {e: (min(s), max(s)) for e, s in sizes.items()} == {
+        "plain-up": (18, 25), "plain-down": (21, 25), "sealed-up": (24, 24), "sealed-down": (24, 24)}
+
+
+@by_name(SERIAL)
+def test_serial_vector_deframes_the_same_whole_or_byte_by_byte(vector):
+    stream = bytes.fromhex(vector["serial"])
+    for reads in ([stream], [stream[i:i + 1] for i in range(len(stream))]):
+        deframer = serial_link.Deframer()
+        got = []
+        for chunk in reads:
+            got += deframer.feed(chunk)
+        assert [f.hex() for f in got] == vector["frames"]
+        assert deframer.rejected_by_reason == vector["rejected"]
+    for frame in vector["frames"]:
+        assert serial_link.encode(bytes.fromhex(frame)) in stream
 
 
 @by_name(POSITIVE)
@@ -73,11 +100,34 @@ def test_advertisement_fits_legacy_and_parses_with_bumble(vector):
     adv = bytes.fromhex(vector["adv"])
     assert len(adv) <= 31
     parsed = AdvertisingData.from_bytes(adv)
-    assert bytes(parsed) == adv, "bumble re-serialises the AD structures to the same bytes"
-    assert parsed.get(AdvertisingData.Type.FLAGS) == 0x06
+    structures = bytes(parsed)
+    assert adv.startswith(structures) and not any(adv[len(structures):]), \
+        "bumble re-serialises the AD structures to the same bytes; only zero padding follows"
+    assert parsed.get(AdvertisingData.Type.FLAGS) == (0x06 if adv[:3] == ble.FLAGS else None)
     company, payload = parsed.get(AdvertisingData.Type.MANUFACTURER_SPECIFIC_DATA)
     assert company == ble.COMPANY_ID
     assert payload == bytes.fromhex(vector["hex"])
+
+
+def _advert(name):
+    return next(v for v in NEGATIVE if v["name"] == name)
+
+
+def test_bumble_reads_the_company_id_little_endian():
+    """FE FF on air is company 0xFFFE for bumble too (SPEC.md 6.1), so not an ansim frame."""
+    adv = bytes.fromhex(_advert("advert: manufacturer data under company id 0xFFFE (FE FF on air)")["adv"])
+    company, _ = AdvertisingData.from_bytes(adv).get(AdvertisingData.Type.MANUFACTURER_SPECIFIC_DATA)
+    assert company == 0xFFFE
+
+
+def test_zero_length_structure_ends_the_data_for_every_checker():
+    """SPEC.md 6.1 follows Core Vol 3 Part C 11 (as BlueZ and Android do): length 0 ends the
+    data. bumble instead skips it and reads on, so it is given only what precedes it."""
+    adv = bytes.fromhex(_advert("advert: zero-length AD structure before the manufacturer data")["adv"])
+    end = adv.index(0)
+    assert adv[:end] == ble.FLAGS
+    assert AdvertisingData.from_bytes(adv[:end]).get(AdvertisingData.Type.MANUFACTURER_SPECIFIC_DATA) is None
+    assert ble.ad_structures(adv) == [(0x01, b"\x06")]
 
 
 def test_sos_advertisement_is_exactly_31_bytes_and_sealed_frames_are_24():
@@ -90,10 +140,34 @@ def _decode_cli(*args):
     return subprocess.run(ANSIM + ["decode", *args], capture_output=True, text=True, timeout=60)
 
 
-@by_name(VECTORS)
+@by_name(SERIAL)
+def test_ansim_decode_serial_agrees_with_the_vector(vector):
+    result = _decode_cli(vector["serial"], "--serial", "--key", vector["key"], "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert [f["hex"] for f in shown["frames"]] == vector["frames"]
+    assert shown["rejected"] == vector["rejected"]
+    for view in shown["frames"]:
+        ansim = bytes.fromhex(view["hex"])[:1] in (b"\x10", b"\x11") and len(view["hex"]) // 2 <= 25
+        assert view.get("verified") is (True if ansim else None)
+
+
+@by_name([v for v in POSITIVE if "adv" in v])
+def test_ansim_decode_json_reads_the_vectors_advertisement(vector):
+    result = _decode_cli(vector["adv"], "--adv", "--key", vector["key"], "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["source"] == "advertisement"
+    assert {k: shown[k] for k in vector["expect"]} == vector["expect"]
+
+
+@by_name(POSITIVE + NEGATIVE)
 def test_ansim_decode_json_agrees_with_the_vector(vector):
-    args = [vector["adv"] if vector.get("error") == "advertisement" else vector["hex"] or "",
-            "--key", vector["key"], "--json"]
+    if vector.get("error") == "advertisement":
+        args = [vector["adv"] or "", "--adv"]
+    else:
+        args = [vector["hex"] or ""]
+    args += ["--key", vector["key"], "--json"]
     if "last_counter" in vector:
         args += ["--last-counter", str(vector["last_counter"])]
     result = _decode_cli(*args)

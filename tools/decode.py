@@ -4,7 +4,7 @@ authentic under a given device key."""
 import json
 import sys
 
-from ansim_protocol import ble, frames
+from ansim_protocol import ble, frames, serial_link
 from ansim_protocol.crypto import KEY_SIZE, DeviceKeys
 from ansim_protocol.errors import FrameError
 
@@ -22,6 +22,11 @@ def add_parser(subparsers):
     p.add_argument("--last-counter", type=int, help="reject the frame as a replay unless its "
                    "counter is above this")
     p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--adv", action="store_true", help="the input is BLE advertising data "
+                      "(found without this when it starts with the flags structure 02 01)")
+    form.add_argument("--serial", action="store_true", help="the input is bytes from a serial "
+                      "line: show every frame the COBS/CRC reader finds and the blocks it drops")
     p.set_defaults(run=run)
 
 
@@ -47,8 +52,12 @@ def run(args):
             return _usage_error("--key must be %d bytes (%d hex digits), got %d bytes"
                                 % (KEY_SIZE, 2 * KEY_SIZE, len(key)))
         keys = DeviceKeys(key)
+    if args.serial:
+        result = decode_serial(data, keys)
+        print(json.dumps(result, sort_keys=True) if args.json else describe_serial(result))
+        return 0
     try:
-        result = decode(data, keys, args.last_counter)
+        result = decode(data, keys, args.last_counter, advertisement=args.adv)
     except FrameError as err:
         print("invalid frame: %s" % err, file=sys.stderr)
         return EXIT_INVALID_FRAME
@@ -56,10 +65,10 @@ def run(args):
     return 0
 
 
-def decode(data, keys, last_counter=None):
+def decode(data, keys, last_counter=None, advertisement=False):
     """The JSON-ready view of ``data``; raises FrameError for anything invalid."""
     source = "frame"
-    if data[:2] == ble.FLAGS[:2]:
+    if advertisement or data[:2] == ble.FLAGS[:2]:
         data = ble.frame_from_advertisement(data)
         source = "advertisement"
     if keys is None:
@@ -78,6 +87,31 @@ def decode(data, keys, last_counter=None):
     view["source"] = source
     view["length"] = len(data)
     return view
+
+
+def decode_serial(data, keys):
+    """What a serial reader makes of ``data`` (SPEC.md 6.3): the frames in order, each decoded
+    (or its rejection reason), and the count of dropped blocks per reason. Never raises: a
+    reader does not stop on bad input."""
+    deframer = serial_link.Deframer()
+    views = []
+    for frame in deframer.feed(data):
+        try:
+            view = decode(frame, keys)
+        except FrameError as err:
+            view = {"error": err.reason}
+        view["hex"] = frame.hex()
+        views.append(view)
+    return {"source": "serial", "frames": views, "rejected": dict(deframer.rejected_by_reason)}
+
+
+def describe_serial(result):
+    lines = ["%d frame(s) from the serial bytes" % len(result["frames"])]
+    for view in result["frames"]:
+        lines.append("  %s  %s" % (view["hex"], view.get("error") or view.get("type") or view["envelope"]))
+    for reason in sorted(result["rejected"]):
+        lines.append("dropped %d block(s): %s" % (result["rejected"][reason], reason))
+    return "\n".join(lines)
 
 
 def describe(view):

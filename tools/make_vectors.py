@@ -11,7 +11,7 @@ import pathlib
 import struct
 import sys
 
-from ansim_protocol import ble, frames
+from ansim_protocol import ble, frames, serial_link
 from ansim_protocol.crypto import DeviceKeys, epoch_of
 
 VECTORS = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors.json"
@@ -23,6 +23,24 @@ BELL_ID = 0x00020001
 LIGHT_ID = 0x00030001
 EPOCH = epoch_of(1_800_000_000)
 SEOUL_CITY_HALL = {"lat": 37.5663, "lon": 126.9779, "accuracy_m": 6}
+C28 = frames.COUNTER_MAX  # 0x0FFFFFFF, the largest counter and counter-field value
+
+
+def _inner(code, counter, body):
+    return struct.pack(">I", (code << 28) | counter) + body
+
+
+def _signed_plain(key, device_id, code, counter, body, downlink):
+    """A plain frame with a valid tag over any content (the encoder refuses invalid ones)."""
+    head = bytes([0x11 if downlink else 0x10]) + struct.pack(">I", device_id)
+    return frames.sign_plain(head + _inner(code, counter, body), DeviceKeys(key), downlink)
+
+
+def _signed_sealed(code, counter, body, downlink=False):
+    """A sealed frame with a valid tag over any clear part (body padded with zeros to 7)."""
+    keys = DeviceKeys(WEARABLE_KEY)
+    head = bytes([0x13 if downlink else 0x12]) + frames.rotating_id(keys, EPOCH)
+    return frames.seal(head, _inner(code, counter, body + bytes(7 - len(body))), keys, downlink)
 
 
 def _sealed(name, kind, fields, counter, downlink=False):
@@ -136,11 +154,208 @@ def negatives():
     ]
 
 
+def value_ranges():
+    """Each field's lowest and highest value, and one past where the width allows (SPEC.md 4)."""
+    bell = (BELL_KEY, BELL_ID)
+    light = (LIGHT_KEY, LIGHT_ID)
+    no_fix = {"lat": None, "lon": None, "accuracy_m": 0}
+
+    def bad(name, code, body, who, downlink=False, counter=900):
+        return _negative("range: " + name + ", validly tagged",
+                         _signed_plain(who[0], who[1], code, counter, body, downlink), who[0], "value")
+
+    u32 = 0xFFFFFFFF
+    return [
+        _plain("range: heartbeat lowest values", "heartbeat", {"battery_pct": 0, "uptime_min": 0, "faults": 0},
+               *bell, 601),
+        _plain("range: heartbeat highest values", "heartbeat",
+               {"battery_pct": 100, "uptime_min": 0xFFFFFF, "faults": 255}, *bell, 602),
+        _plain("range: low battery lowest values", "low_battery", {"battery_pct": 0, "battery_mv": 0}, *bell, 603),
+        _plain("range: low battery highest values", "low_battery", {"battery_pct": 255, "battery_mv": 0xFFFF},
+               *bell, 604),
+        _plain("range: bell button 0", "bell_press", {"button": 0}, *bell, 605),
+        _plain("range: bell button 255", "bell_press", {"button": 255}, *bell, 606),
+        _plain("range: cancel of counter 0", "cancel", {"sos_counter": 0}, *bell, 607),
+        _plain("range: cancel of the highest counter", "cancel", {"sos_counter": C28}, *bell, 608),
+        _plain("range: light command lowest values", "light_command",
+               {"action": "blink", "level_pct": 0, "duration_s": 0, "expires": 0}, *light, 20, downlink=True),
+        _plain("range: light command highest values", "light_command",
+               {"action": "restore", "level_pct": 100, "duration_s": 0xFFFF, "expires": u32}, *light, 21,
+               downlink=True),
+        _plain("range: light state lowest values", "light_state",
+               {"commanded_pct": 0, "actual_pct": 0, "mode": "schedule", "faults": 0, "last_command": 0},
+               *light, 4010),
+        _plain("range: light state highest values", "light_state",
+               {"commanded_pct": 100, "actual_pct": 100, "mode": "off", "faults": 255, "last_command": C28},
+               *light, 4011),
+        _plain("range: center ack lowest values", "center_ack", {"acked_counter": 0, "status": "received"},
+               *bell, 40, downlink=True),
+        _plain("range: center ack highest values", "center_ack", {"acked_counter": C28, "status": "test-ok"},
+               *bell, 41, downlink=True),
+        _plain("range: monitor lowest values", "monitor", {"action": "start", "session": 0}, *bell, 42,
+               downlink=True),
+        _plain("range: monitor highest values", "monitor", {"action": "arrived", "session": u32}, *bell, 43,
+               downlink=True),
+        _plain("range: time 0", "time", {"unix_time": 0}, *bell, 44, downlink=True),
+        _plain("range: time 0xFFFFFFFF", "time", {"unix_time": u32}, *bell, 45, downlink=True),
+        _sealed("range: position at the lowest corner (-90, -180), accuracy 1", "sos",
+                {"lat": -90.0, "lon": -180.0, "accuracy_m": 1}, 1020),
+        _sealed("range: position at the highest corner (90, 180), accuracy 255", "test_sos",
+                {"lat": 90.0, "lon": 180.0, "accuracy_m": 255}, 1021),
+        _plain("range: counter 1", "bell_press", {"button": 1}, *bell, 1),
+        _sealed("range: counter 0x0FFFFFFF", "heartbeat", {"battery_pct": 50, "uptime_min": 1, "faults": 0}, C28),
+        bad("battery 101", 4, bytes([101, 0, 0, 1, 0]), bell),
+        bad("battery 254", 4, bytes([254, 0, 0, 1, 0]), bell),
+        bad("low battery at 101 %", 5, bytes([101, 0x0D, 0x54]), bell),
+        bad("tamper state 2", 6, bytes([2]), bell),
+        bad("cancel of counter 0x10000000 (29 bits)", 2, struct.pack(">I", C28 + 1), bell),
+        bad("light action 0", 8, bytes([0, 50, 0, 60]) + struct.pack(">I", 1_800_000_000), light, True),
+        bad("light action 4", 8, bytes([4, 50, 0, 60]) + struct.pack(">I", 1_800_000_000), light, True),
+        bad("light state commanded 101 %", 9, bytes([101, 0, 0, 0]) + struct.pack(">I", 1), light),
+        bad("light state actual 101 %", 9, bytes([0, 101, 0, 0]) + struct.pack(">I", 1), light),
+        bad("light state mode 5", 9, bytes([0, 0, 5, 0]) + struct.pack(">I", 1), light),
+        bad("light state last command 0x10000000", 9, bytes([0, 0, 0, 0]) + struct.pack(">I", C28 + 1), light),
+        bad("ack status 0", 10, struct.pack(">I", 1) + bytes([0]), bell, True),
+        bad("ack status 5", 10, struct.pack(">I", 1) + bytes([5]), bell, True),
+        bad("ack of counter 0x10000000", 10, struct.pack(">I", C28 + 1) + bytes([1]), bell, True),
+        bad("monitor action 0", 11, bytes([0]) + struct.pack(">I", 1), bell, True),
+        bad("monitor action 4", 11, bytes([4]) + struct.pack(">I", 1), bell, True),
+        bad("position with accuracy 0 (no fix)", 1, bytes([0, 0, 1, 0, 0, 0, 0]), bell),
+        bad("plain counter 0", 7, bytes([1]), bell, counter=0),
+        _negative("range: sealed counter 0, validly tagged", _signed_sealed(7, 0, bytes([1])), WEARABLE_KEY,
+                  "value"),
+        _negative("range: sealed body with undefined tamper state 2, validly tagged",
+                  _signed_sealed(6, 1030, bytes([2])), WEARABLE_KEY, "value"),
+    ]
+
+
+def sizes():
+    """Shortest and longest frame of each envelope and one byte either side (SPEC.md 3, 7)."""
+    bell = DeviceKeys(BELL_KEY)
+    press = frames.build_plain("bell_press", {"button": 1}, bell, BELL_ID, 700)
+    sos = frames.build_sealed("sos", SEOUL_CITY_HALL, DeviceKeys(WEARABLE_KEY), 1040, EPOCH)
+    return [
+        _plain("size: shortest plain downlink (time, 21 bytes)", "time", {"unix_time": 1_800_000_000},
+               BELL_KEY, BELL_ID, 50, downlink=True),
+        _negative("size: plain frame of 17 bytes (no body), validly tagged",
+                  _signed_plain(BELL_KEY, BELL_ID, 7, 701, b"", False), BELL_KEY, "short"),
+        _negative("size: plain frame of 17 bytes with a bad tag (short before tag)",
+                  press[:9] + press[10:], BELL_KEY, "short"),
+        _negative("size: bell press with a 2-byte body (19 bytes), validly tagged",
+                  _signed_plain(BELL_KEY, BELL_ID, 7, 702, b"\x01\x01", False), BELL_KEY, "length"),
+        _negative("size: light state of 26 bytes, validly tagged",
+                  _signed_plain(LIGHT_KEY, LIGHT_ID, 9, 4020, bytes(8) + b"\x00", False), LIGHT_KEY, "length"),
+        _negative("size: bell press of 19 bytes with a bad tag (tag before length)",
+                  press[:-8] + b"\x00" + press[-8:], BELL_KEY, "tag"),
+        _negative("size: sealed frame of 23 bytes", sos[:23], WEARABLE_KEY, "length"),
+        _negative("size: sealed frame of 25 bytes", sos + b"\x00", WEARABLE_KEY, "length"),
+        _negative("size: 1 byte, a valid plain header", b"\x10", BELL_KEY, "short"),
+        _negative("order: time sent uplink with a 2-byte body, validly tagged (direction before length)",
+                  _signed_plain(BELL_KEY, BELL_ID, 12, 703, b"\x00\x01", False), BELL_KEY, "direction"),
+        _negative("order: type 13 with a 2-byte body, validly tagged (type before length)",
+                  _signed_plain(BELL_KEY, BELL_ID, 13, 704, b"\x00\x01", False), BELL_KEY, "type"),
+        _negative("order: version 2 in a 3-byte input (version before size)", b"\x20\x00\x00", BELL_KEY,
+                  "version"),
+    ]
+
+
+def sealed_errors():
+    """Validly sealed frames whose type is reserved or not allowed sealed in that direction."""
+    return [
+        _negative("sealed: type 0, validly tagged", _signed_sealed(0, 1050, bytes(7)), WEARABLE_KEY, "type"),
+        _negative("sealed: type 13, validly tagged", _signed_sealed(13, 1051, bytes(7)), WEARABLE_KEY, "type"),
+        _negative("sealed: type 15 downlink, validly tagged", _signed_sealed(15, 60, bytes(7), True),
+                  WEARABLE_KEY, "type"),
+        _negative("sealed: center ack sent uplink, validly tagged",
+                  _signed_sealed(10, 1052, struct.pack(">I", 1) + b"\x01"), WEARABLE_KEY, "direction"),
+        _negative("sealed: SOS sent downlink, validly tagged",
+                  _signed_sealed(1, 61, bytes([0x80, 0, 0, 0x80, 0, 0, 9]), True), WEARABLE_KEY, "direction"),
+        _negative("sealed: light state (8-byte body) sealed uplink, validly tagged",
+                  _signed_sealed(9, 1053, bytes(7)), WEARABLE_KEY, "direction"),
+        _negative("sealed: light command (8-byte body) sealed downlink, validly tagged",
+                  _signed_sealed(8, 62, bytes([1, 50, 0, 60, 0, 0, 0]), True), WEARABLE_KEY, "direction"),
+    ]
+
+
+def adverts():
+    """Advertising data without the flags, with a zero-length terminator, and malformed (SPEC.md 6.1)."""
+    sos = frames.build_sealed("sos", SEOUL_CITY_HALL, DeviceKeys(WEARABLE_KEY), 1060, EPOCH)
+    press = frames.build_plain("bell_press", {"button": 2}, DeviceKeys(BELL_KEY), BELL_ID, 710)
+    manufacturer = ble.advertisement(sos)[3:]
+    press_md = ble.advertisement(press)[3:]
+    no_flags = _positive("advert: sealed SOS without the flags structure", sos, WEARABLE_KEY, epoch=EPOCH)
+    no_flags["adv"] = manufacturer.hex()
+    padded = _positive("advert: bell press, then a zero-length terminator and zero padding to 31 bytes",
+                       press, BELL_KEY)
+    padded["adv"] = (ble.advertisement(press) + bytes(31 - len(ble.advertisement(press)))).hex()
+    return [
+        no_flags,
+        padded,
+        _negative("advert: zero-length AD structure before the manufacturer data", press, BELL_KEY,
+                  "advertisement", adv=(ble.FLAGS + b"\x00" + press_md).hex()),
+        _negative("advert: manufacturer data under company id 0xFFFE (FE FF on air)", press, BELL_KEY,
+                  "advertisement", adv=(ble.FLAGS + press_md[:2] + b"\xfe\xff" + press_md[4:]).hex()),
+        _negative("advert: 32 bytes (flags, SOS, one padding byte)", sos, WEARABLE_KEY, "advertisement",
+                  adv=(ble.advertisement(sos) + b"\x00").hex()),
+        _negative("advert: malformed structure after the frame", press, BELL_KEY, "advertisement",
+                  adv=(press_md + b"\x05\x09ab").hex()),
+        _negative("advert: flags only", b"", BELL_KEY, "advertisement", adv=ble.FLAGS.hex()),
+    ]
+
+
+def _serial(name, stream, key, expect_frames, rejected):
+    """A byte stream on a serial line, the frames a reader takes from it and the blocks it drops."""
+    return {"name": name, "serial": bytes(stream).hex(), "key": key.hex(),
+            "frames": [f.hex() for f in expect_frames], "rejected": rejected}
+
+
+def serial_vectors():
+    """COBS/CRC framing (SPEC.md 6.3)."""
+    press = frames.build_plain("bell_press", {"button": 1}, DeviceKeys(BELL_KEY), BELL_ID, 720)
+    beat = frames.build_plain("heartbeat", {"battery_pct": 255, "uptime_min": 5, "faults": 0},
+                              DeviceKeys(BELL_KEY), BELL_ID, 721)
+    good = serial_link.encode(press)
+    crc = serial_link.crc16(press)
+    bad_crc = serial_link.cobs_encode(press + bytes([crc >> 8, (crc & 0xFF) ^ 0x01])) + b"\x00"
+    longest = bytes(range(1, 65))  # 64 bytes: block of 67
+    too_long = bytes(range(1, 66))  # 65 bytes: block of 68
+    over = serial_link.cobs_encode(too_long + struct.pack(">H", serial_link.crc16(too_long))) + b"\x00"
+    with_zeros = bytes(range(0, 64))
+    return [
+        _serial("serial: CRC-16/CCITT-FALSE check value (123456789 -> 0x29B1)",
+                serial_link.cobs_encode(b"123456789\x29\xb1") + b"\x00", BELL_KEY, [b"123456789"], {}),
+        _serial("serial: one good block", good, BELL_KEY, [press], {}),
+        _serial("serial: two frames back to back", good + serial_link.encode(beat), BELL_KEY, [press, beat], {}),
+        _serial("serial: bad CRC", bad_crc + good, BELL_KEY, [press], {"checksum": 1}),
+        _serial("serial: longest block (64-byte frame, 67-byte block)", serial_link.encode(longest), BELL_KEY,
+                [longest], {}),
+        _serial("serial: 64-byte frame with zero bytes", serial_link.encode(with_zeros), BELL_KEY,
+                [with_zeros], {}),
+        _serial("serial: block over the limit (65-byte frame, 68-byte block)", over + good, BELL_KEY, [press],
+                {"framing": 1}),
+        _serial("serial: resync after garbage (no delimiter before it)", b"ABC" + b"\x00" + good, BELL_KEY,
+                [press], {"framing": 1}),
+        _serial("serial: resync when the line starts mid-block (the tail fails its CRC)", good[7:] + good,
+                BELL_KEY, [press], {"checksum": 1}),
+        _serial("serial: 200 bytes of noise without a delimiter", bytes([0x55]) * 200 + b"\x00" + good, BELL_KEY,
+                [press], {"framing": 1}),
+        _serial("serial: empty blocks are skipped, not counted", b"\x00\x00" + good + b"\x00", BELL_KEY,
+                [press], {}),
+        _serial("serial: block of 2 bytes holds no frame", serial_link.cobs_encode(b"\x12\x34") + b"\x00" + good,
+                BELL_KEY, [press], {"framing": 1}),
+        _serial("serial: malformed COBS (code past the end)", b"\x09\x01\x02\x00" + good, BELL_KEY, [press],
+                {"framing": 1}),
+        _serial("serial: bytes after the last delimiter wait for the next one", good + good[:-1], BELL_KEY,
+                [press], {}),
+    ]
+
+
 def build():
     return {
         "about": "Golden and negative vectors of ansim protocol v1 (protocol/SPEC.md). "
                  "Written by python -m ansim_tools.make_vectors; edit that, not this.",
-        "vectors": positives() + negatives(),
+        "vectors": positives() + negatives() + value_ranges() + sizes() + sealed_errors() + adverts()
+        + serial_vectors(),
     }
 
 

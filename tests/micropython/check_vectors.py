@@ -3,7 +3,7 @@
 import json
 import sys
 
-from ansim_protocol import ble, frames
+from ansim_protocol import ble, frames, serial_link
 from ansim_protocol.crypto import DeviceKeys, rotating_id
 from ansim_protocol.errors import FrameError
 
@@ -13,7 +13,26 @@ def unhex(text):
     return binascii.unhexlify(text)
 
 
+def tohex(data):
+    import binascii
+    return binascii.hexlify(data).decode()
+
+
+def check_serial(v):
+    stream = unhex(v["serial"])
+    for size in (len(stream) or 1, 1):  # all at once, then byte by byte
+        deframer = serial_link.Deframer()
+        got = []
+        for i in range(0, len(stream), size):
+            got += deframer.feed(stream[i:i + size])
+        if [tohex(f) for f in got] != v["frames"] or deframer.rejected_by_reason != v["rejected"]:
+            return False
+    return True
+
+
 def check(v):
+    if "serial" in v:
+        return check_serial(v)
     keys = DeviceKeys(unhex(v["key"]))
     data = unhex(v["hex"])
     if "adv" in v:
