@@ -22,19 +22,23 @@ class Health:
         self._on_fatal = on_fatal
         self._lock = threading.Lock()
         self._down = {}  # component -> reason
+        self._starting = set()  # components down only because they have not come up yet
         self.fault = None  # (component, exception) of the first fatal error
 
     def up(self, component):
         with self._lock:
             was_down = self._down.pop(component, None)
+            first = component in self._starting
+            self._starting.discard(component)
         self._gauge.labels(component).set(1)
         if was_down is not None:
-            log.info("%s is back up", component)
+            log.info("%s is %s", component, "up" if first else "back up")
 
     def starting(self, component, what):
         """``component`` is on its way up: down until it says ``up``, without an error."""
         with self._lock:
             self._down[component] = what
+            self._starting.add(component)
         self._gauge.labels(component).set(0)
         log.info("%s: %s", component, what)
 
@@ -45,6 +49,7 @@ class Health:
         with self._lock:
             previous = self._down.get(component)
             self._down[component] = reason
+            self._starting.discard(component)
         self._gauge.labels(component).set(0)
         if previous != reason and not quiet:
             log.error("%s is DOWN: %s", component, reason)

@@ -77,6 +77,7 @@ mount_in() {  # mount_in TYPE_OR_--bind SOURCE TARGET_IN_ROOT
 # --- tools on this machine --------------------------------------------------------------------
 need=""
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
 host_arch=$(dpkg --print-architecture)
 ARCH=${ANSIM_CHECK_ARCH:-arm64}
 if [ "$ARCH" != "$host_arch" ] && [ ! -x /usr/bin/qemu-aarch64-static ]; then
@@ -265,6 +266,16 @@ os.chmod("/run/ansim-check-notify", 0o777)
 env["NOTIFY_SOCKET"] = "/run/ansim-check-notify"
 umask = int(get("UMask")[0], 8)
 log = open("/tmp/agent.log", "w")
+for port in (1883, 18883):  # both brokers accept connections before the agent starts
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit("the broker on port %d did not come up within 10 s" % port)
+            time.sleep(0.05)
 
 def demote():
     os.setgroups(extra)
@@ -322,7 +333,6 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin unshare --net sh -c "
         mkdir -p /run/mosquitto && chown mosquitto /run/mosquitto
         mosquitto -c /etc/mosquitto/mosquitto.conf -d || exit 10
         mosquitto -c /tmp/center.conf -d || exit 11
-        sleep 1
         python3 /tmp/run-agent.py
     '
 " > "$WORK/agent-run.txt" 2>&1 || rc=$?
