@@ -50,8 +50,6 @@ class LocalMqtt:
         self.health = health
         self._connected = threading.Event()
         self._outbox = collections.deque()  # downlinks not yet handed to paho, in order
-        self._resending = set()  # (device_id, counter) paho sends again after a reconnection
-        self._lock = threading.Lock()
         self._first_attempt = threading.Event()  # connected and subscribed, or failed once
         self._refused = False  # the broker's last CONNACK refused the agent
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -70,7 +68,7 @@ class LocalMqtt:
         self.client.on_publish = guard(COMPONENT, lambda c, u, mid, reason, props: self._sent.settle(mid, reason))
         self.client.on_socket_open = no_delay
         self._acks = InOrderAcks(self.client)
-        self._sent = PublishTracker(self._handed_over)
+        self._sent = PublishTracker(self._handed_over, on_resent=self._resent)
 
     def start(self):
         """Connect in the background; ``wait_connected`` tells when the broker keeps our messages."""
@@ -116,13 +114,11 @@ class LocalMqtt:
         if refused:
             self._down("the local broker refused the agent's subscriptions: %s (check its ACL)" % refused)
             return
-        with self._lock:
-            self._resending = set(self._sent.pending())
-            self._connected.set()
-            ready = not self._resending
+        nothing_to_resend = self._sent.reconnected()
+        self._connected.set()
         self._first_attempt.set()
-        if ready and self.on_ready is not None:
-            self.on_ready()
+        if nothing_to_resend:
+            self._resent()
         if self.health is not None:
             self.health.up(COMPONENT)
         log.info("connected to the local broker %s:%d", self.host, self.port)
@@ -160,21 +156,17 @@ class LocalMqtt:
     def flush(self):
         """Publish queued frames, in order, while the broker is connected and has PUBACKed
         what paho sent again after the last reconnection. Pipeline thread only."""
-        while self._outbox:
-            with self._lock:
-                if not self._connected.is_set() or self._resending:
-                    return
+        while self._outbox and self._connected.is_set() and not self._sent.resending():
             downlink = self._outbox.popleft()
             info = self.client.publish(topics.topic(downlink.device_id, topics.DOWN), downlink.frame, qos=1)
             self._sent.track(info, (downlink.device_id, downlink.counter))
 
-    def _handed_over(self, key, reason):
-        with self._lock:
-            was_resending = bool(self._resending)
-            self._resending.discard(key)
-            ready = was_resending and not self._resending and self._connected.is_set()
-        if ready and self.on_ready is not None:
+    def _resent(self):
+        """What paho sent again after the reconnection is PUBACKed: queued frames may go."""
+        if self._connected.is_set() and self.on_ready is not None:
             self.on_ready()
+
+    def _handed_over(self, key, reason):
         if reason.is_failure:
             log.error("the local broker refused a frame to device %08x: %s (check its ACL)", key[0], reason)
         if self.on_handed_over is not None:

@@ -7,7 +7,10 @@ session's redelivered backlog when a client breaks that rule. Each message takes
 on arrival; its PUBACK leaves once it and every earlier ticket are done.
 
 ``PublishTracker``: what each of our own QoS 1 publishes was for, settled by its PUBACK,
-including the PUBACK that paho reports before ``publish()`` has returned the message id.
+including the PUBACK that paho reports before ``publish()`` has returned the message id; and
+whether paho is still sending again what an earlier connection left unacknowledged. paho
+resends those after its CONNACK handling, so a publish made meanwhile would overtake them:
+its owner publishes nothing new until ``resending()`` is false.
 """
 
 import collections
@@ -48,13 +51,15 @@ class InOrderAcks:
 
 
 class PublishTracker:
-    """mid -> what the publish was for; ``settle`` hands the PUBACK's reason to ``on_settled``."""
+    """mid -> what the publish was for; ``settle`` hands the PUBACK's reason to ``on_settled``,
+    and ``on_resent`` hears when the last retransmission of a reconnection is PUBACKed."""
 
-    def __init__(self, on_settled):
-        self._on_settled = on_settled
+    def __init__(self, on_settled, on_resent=None):
+        self._on_settled, self._on_resent = on_settled, on_resent
         self._lock = threading.Lock()
         self._inflight = {}
         self._early = {}  # mid -> reason of a PUBACK that came before track()
+        self._resending = set()  # mids paho sends again after the last reconnection
 
     def track(self, info, what):
         """Call after ``publish()`` returned ``info``, never under paho's locks."""
@@ -72,13 +77,25 @@ class PublishTracker:
                 self._early[mid] = reason
                 return
             what = self._inflight.pop(mid)
+            resent = mid in self._resending
+            self._resending.discard(mid)
+            drained = resent and not self._resending
         self._on_settled(what, reason)
+        if drained and self._on_resent is not None:
+            self._on_resent()
+
+    def reconnected(self):
+        """A connection is up (call from on_connect): what waits for its PUBACK now is what
+        paho sends again. Returns True if there is nothing to wait for."""
+        with self._lock:
+            self._resending = set(self._inflight)
+            return not self._resending
+
+    def resending(self):
+        with self._lock:
+            return bool(self._resending)
 
     def __len__(self):
         with self._lock:
             return len(self._inflight)
 
-    def pending(self):
-        """What is still waiting for its PUBACK."""
-        with self._lock:
-            return list(self._inflight.values())

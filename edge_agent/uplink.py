@@ -54,10 +54,10 @@ def agent_topic(agent_id, channel):
 class _Sent:
     """One publish waiting for its PUBACK: ``kind`` alert, escalation or certificate."""
 
-    __slots__ = ("kind", "seq", "alert_id", "alert_type", "received", "generation")
+    __slots__ = ("kind", "seq", "alert_id", "alert_type", "received")
 
-    def __init__(self, kind, generation, seq=None, alert_id=None, alert_type=None, received=None):
-        self.kind, self.generation, self.seq = kind, generation, seq
+    def __init__(self, kind, seq=None, alert_id=None, alert_type=None, received=None):
+        self.kind, self.seq = kind, seq
         self.alert_id, self.alert_type, self.received = alert_id, alert_type, received
 
 
@@ -78,9 +78,7 @@ class Uplink:
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._sent = PublishTracker(self._settle)
-        self._generation = 0  # connections so far; a publish remembers the one it went out on
-        self._resending = set()  # publishes of earlier connections that paho sends again, not yet PUBACKed
+        self._sent = PublishTracker(self._settle, on_resent=self._wake.set)
         self._escalating = 0  # escalated copies not yet PUBACKed
         self._escalation_checked = 0.0
         self._connected_at = None
@@ -156,12 +154,11 @@ class Uplink:
             self._down("the center's broker refused agent %s: %s" % (self.agent_id, reason))
             return
         client.subscribe([(agent_topic(self.agent_id, "ack"), 1), (agent_topic(self.agent_id, "monitor"), 1)])
+        self._sent.reconnected()
         with self._lock:
-            self._generation += 1
-            self._resending = {id(sent) for sent in self._sent.pending() if sent.kind != "certificate"}
             if self._rewind_to is not None:  # everything from the refused alert on, in order
                 self._published_to, self._rewind_to = min(self._published_to, self._rewind_to), None
-        self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), _Sent("certificate", 0),
+        self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), _Sent("certificate"),
                       retain=True)
         self._connect_failures = 0
         self._connected_at = time.monotonic()
@@ -200,9 +197,8 @@ class Uplink:
     def _settle(self, sent, reason):
         if sent.kind == "certificate":
             return
-        with self._lock:
-            self._resending.discard(id(sent))
-            if sent.kind == "escalation":
+        if sent.kind == "escalation":
+            with self._lock:
                 self._escalating -= 1
         if reason.is_failure:
             log.error("the center's broker refused %s %s: %s (check the agent's ACL); it is sent again after "
@@ -275,8 +271,7 @@ class Uplink:
 
     def _ready(self):
         """Connected, and paho's retransmissions from earlier connections are PUBACKed."""
-        with self._lock:
-            return self.connected.is_set() and not self._resending
+        return self.connected.is_set() and not self._sent.resending()
 
     def _record_delivered(self):
         """Write the PUBACKs received so far to the store, in one transaction: losing them in a
@@ -292,8 +287,6 @@ class Uplink:
                 raise
 
     def _publish_pending(self):
-        with self._lock:
-            generation = self._generation
         while not self._stop.is_set() and self.connected.is_set():
             room = WINDOW - len(self._sent)
             if room <= 0:
@@ -304,7 +297,7 @@ class Uplink:
             for seq, alert_id, body, received in rows:
                 alert_type = json.loads(body).get("type")
                 self._publish(alerts_topic(self.config.center["district"], alert_id.split("-", 1)[0]), body,
-                              _Sent("alert", generation, seq, alert_id, alert_type, received))
+                              _Sent("alert", seq, alert_id, alert_type, received))
                 self._published_to = seq
 
     def _publish(self, topic, body, sent, retain=False):
@@ -330,15 +323,13 @@ class Uplink:
         # whole delay and still has not taken them (it refuses them); after an outage they
         # are merely waiting their turn, and the district gets the delay from delivery.
         created_before = now - center["escalation_s"] if connected_for >= center["escalation_s"] else None
-        with self._lock:
-            generation = self._generation
         for seq, alert_id, body in self.store.due_for_escalation(now - center["escalation_s"], created_before, room):
             escalated = json.loads(body)
             escalated["escalated_from"] = center["district"]
             with self._lock:
                 self._escalating += 1
             self._publish(alerts_topic(center["fallback"], alert_id.split("-", 1)[0]),
-                          json.dumps(escalated, sort_keys=True), _Sent("escalation", generation, seq, alert_id))
+                          json.dumps(escalated, sort_keys=True), _Sent("escalation", seq, alert_id))
             self.store.mark_escalated(seq)
             self._tokens -= 1
             self.metrics.escalations.inc()

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 
-from ansim_tools.flash import FIRMWARE_DIR, PROTOCOL_DIR, REPO  # noqa: F401 (REPO: a checkout's root)
+from ansim_tools.flash import FIRMWARE_DIR, PROTOCOL_DIR, REPO  # noqa: F401 (FIRMWARE_DIR, REPO: for the tests)
 
 DEFAULT_HEAP = "128k"
 BUILD_SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "ansim_tools" / "build_vm.sh"

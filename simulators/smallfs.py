@@ -52,15 +52,16 @@ class SmallFilesystem:
 
     def mount(self) -> SmallFilesystem:
         if os.geteuid() != 0:
-            raise MountUnavailable("mounting a small %s needs root (CAP_SYS_ADMIN); running as uid %d"
+            raise MountUnavailable("mounting a small %s needs root (CAP_SYS_ADMIN), and the agent under test "
+                                   "must see the mount; running as uid %d: run `sudo make test` (CI runs as root)"
                                    % (self.kind, os.geteuid()))
         self.path.mkdir(parents=True, exist_ok=True)
         if self.kind == "tmpfs":
             _run(["mount", "-t", "tmpfs", "-o", "size=%d,mode=0755" % self.size_bytes, "tmpfs", str(self.path)])
         else:
             mkfs = shutil.which("mkfs.ext4") or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin")
-            if mkfs is None:
-                raise MountUnavailable("mkfs.ext4 not found: `apt-get install e2fsprogs`")
+            if mkfs is None:  # tools/system-packages.sh installs it: a broken setup, not a skip
+                raise MountError("mkfs.ext4 not found: `apt-get install e2fsprogs` (make test does)")
             fd, image = tempfile.mkstemp(prefix="ansim-smallfs-", suffix=".img")
             os.close(fd)
             self._image = Path(image)

@@ -6,8 +6,6 @@ took the frame sends it after its restart."""
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -18,6 +16,8 @@ from ansim_protocol.crypto import DeviceKeys
 from ansim_simulators import waits
 from ansim_simulators.broker import MosquittoBroker, free_port
 from ansim_simulators.street import Street
+from test_agent_crash import start_agent
+from test_agent_ops import components_on
 
 WAIT_S = 10
 
@@ -107,11 +107,6 @@ def test_bad_center_input_is_refused_and_counted_and_the_agent_goes_on(site, mqt
         waits.until(lambda: agent.store.alert(alert["alert_id"])[1] == "acked", WAIT_S, "the alert closed")
 
 
-def start_agent(street, log):
-    return subprocess.Popen([sys.executable, "-m", "ansim_tools.cli", "agent", "--config", str(street.config_path)],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
 def test_an_ack_relay_survives_kill_9_before_the_bells_broker_took_it(tmp_path, mqtt_client):
     """The center's ack is PUBACKed once stored with its frame for the bell; the local broker
     is away, the agent is killed: the restarted agent sends the frame."""
@@ -162,14 +157,11 @@ def test_an_ack_relay_survives_kill_9_before_the_bells_broker_took_it(tmp_path, 
 
 
 def _up(street, component):
-    """The running agent's /metrics say ``component`` is up."""
-    import urllib.request
+    """The running agent's /metrics say ``component`` is up (False while nothing answers)."""
     try:
-        with urllib.request.urlopen(street.metrics_url, timeout=2) as response:
-            text = response.read().decode()
+        return components_on(street.metrics_url).get(component) == "up"
     except OSError:
         return False
-    return 'ansim_up{component="%s"} 1.0' % component in text
 
 
 def _acked(db, alert_id):

@@ -4,8 +4,6 @@ brings in new devices without a restart, and a device's last will is never lost.
 
 import json
 import signal
-import subprocess
-import sys
 
 from ansim_agent import config as config_module
 from ansim_agent.service import Agent
@@ -14,6 +12,7 @@ from ansim_protocol.crypto import DeviceKeys
 from ansim_simulators import waits
 from ansim_simulators.broker import MosquittoBroker, free_port
 from ansim_simulators.street import ORIGIN, Street, offset
+from test_agent_crash import start_agent
 
 WAIT_S = 10
 
@@ -82,8 +81,7 @@ def test_sighup_reloads_the_registry_and_a_new_bell_is_heard_without_a_restart(t
         view = mqtt_client(center)
         view.subscribe("ansim/center/v1/#")
         with open(tmp_path / "agent.log", "w") as log:
-            agent = subprocess.Popen([sys.executable, "-m", "ansim_tools.cli", "agent", "--config",
-                                      str(street.config_path)], stdout=log, stderr=subprocess.STDOUT)
+            agent = start_agent(street, log)
             try:
                 assert json.loads(view.next_message(WAIT_S).payload)["state"] == "online"
                 new_bell = street._device(0x000200AA, "bell", offset(ORIGIN, 200))

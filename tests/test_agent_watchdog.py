@@ -2,11 +2,8 @@
 watchdog only while its pipeline and uplink make progress: a wedged pipeline stops the pings
 and the unit's status names it, so systemd kills and restarts the agent."""
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -16,6 +13,7 @@ from ansim_agent.service import Agent
 from ansim_simulators import waits
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.street import Street
+from test_agent_crash import start_agent
 
 WAIT_S = 10
 
@@ -76,9 +74,7 @@ def test_the_agent_process_says_ready_pings_and_says_stopping(tmp_path, notify_s
     with MosquittoBroker(workdir=tmp_path / "center") as center:
         street = Street(tmp_path / "street", center_port=center.port)
         with open(tmp_path / "agent.log", "w") as log:
-            agent = subprocess.Popen([sys.executable, "-m", "ansim_tools.cli", "agent", "--config",
-                                      str(street.config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ))
+            agent = start_agent(street, log)  # with NOTIFY_SOCKET and WATCHDOG_USEC from the fixture
             try:
                 waits.until(lambda: "READY=1" in notify_socket, WAIT_S, "READY=1 from the agent")
                 waits.until(lambda: "WATCHDOG=1" in notify_socket, WAIT_S, "a watchdog ping")

@@ -5,7 +5,6 @@ the unit file asks for Type=notify with a watchdog."""
 import configparser
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -239,7 +238,6 @@ def test_unit_file_asks_for_notify_and_a_watchdog():
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_unit_file_verifies(tmp_path):
     """systemd's own parser accepts the unit (with an ExecStart that exists on this machine)."""
     unit = tmp_path / UNIT.name

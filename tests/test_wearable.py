@@ -232,66 +232,70 @@ def test_after_power_loss_the_clock_continues_after_the_last_epoch_used(wearable
     assert after.rid == rotating_id(KEYS, last_epoch + 1) and after.counter > before.counter
 
 
-def test_a_time_frame_heard_while_waiting_for_the_ack_sets_the_clock(wearable, tmp_path):
-    from ansim_simulators.ble_radio import ThreadedAir
-    from ansim_simulators.board_radio import BoardRadio
+class SosOnTheAir:
+    """A wearable whose clock is an hour late has sent an SOS and listens for the agent, on a
+    virtual air the test can advertise on (``advertise``)."""
 
-    board = wearable()
-    ctl = board.control
-    air = ThreadedAir()
-    try:
-        with BoardRadio(board, air):
-            mark = ctl.mark()
-            triple_press(board)
-            _, sos = next_advert(board, mark)
-            epoch = epoch_of(time.time() + ctl.rtc_offset)
-            right = int(time.time()) + 3600  # the wearable's clock is an hour late
-            altered = bytearray(frames.build_sealed("time", {"unix_time": right + 99}, KEYS, 5, epoch, downlink=True))
-            altered[10] ^= 0x01  # under our rotating id, but not what the agent sealed
-            forged = bytes(altered)
-            genuine = frames.build_sealed("time", {"unix_time": right}, KEYS, 6, epoch, downlink=True)
-            for frame in (forged, genuine):
-                air.call(air.air.add_advertiser(ble.advertisement(frame), interval_ms=30))
-            changed = printed(board, "wearable: clock set", mark)
-            assert changed["text"].split("->")[1].strip() == str(right)
-            printed(board, "downlink rejected: tag", mark)
-            ctl.wait_for(lambda e: abs(e["offset"] - 3600) < 5, timeout=WAIT_S, since=mark, ev="rtc")
-    finally:
-        air.close()
+    def __init__(self, board):
+        from ansim_simulators.ble_radio import ThreadedAir
+        from ansim_simulators.board_radio import BoardRadio
+        self.board, self.ctl = board, board.control
+        self.air = ThreadedAir()
+        self._radio = BoardRadio(board, self.air)
+
+    def __enter__(self):
+        self._radio.__enter__()
+        self.mark = self.ctl.mark()
+        triple_press(self.board)
+        _, self.sos = next_advert(self.board, self.mark)
+        self.epoch = epoch_of(time.time() + self.ctl.rtc_offset)
+        self.right = int(time.time()) + 3600
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._radio.__exit__(*exc)
+        finally:
+            self.air.close()
+
+    def seal(self, kind, fields, counter):
+        return frames.build_sealed(kind, fields, KEYS, counter, self.epoch, downlink=True)
+
+    def advertise(self, frame):
+        return self.air.call(self.air.air.add_advertiser(ble.advertisement(frame), interval_ms=30))
+
+    def clock_set_right(self):
+        self.ctl.wait_for(lambda e: abs(e["offset"] - 3600) < 5, timeout=WAIT_S, since=self.mark, ev="rtc")
+
+
+def test_a_time_frame_heard_while_waiting_for_the_ack_sets_the_clock(wearable):
+    with SosOnTheAir(wearable()) as sos:
+        altered = bytearray(sos.seal("time", {"unix_time": sos.right + 99}, 5))
+        altered[10] ^= 0x01  # under our rotating id, but not what the agent sealed
+        for frame in (bytes(altered), sos.seal("time", {"unix_time": sos.right}, 6)):
+            sos.advertise(frame)
+        changed = printed(sos.board, "wearable: clock set", sos.mark)
+        assert changed["text"].split("->")[1].strip() == str(sos.right)
+        printed(sos.board, "downlink rejected: tag", sos.mark)
+        sos.clock_set_right()
 
 
 @pytest.mark.parametrize("first", ["center_ack", "time"])
 def test_the_clock_is_set_whichever_of_time_and_ack_is_heard_first(wearable, first):
     """SPEC.md 3.2: the agent seals ``time`` (counter c) and ``center_ack`` (c + 1) together;
     the wearable may hear either first, and neither makes the other a replay."""
-    from ansim_simulators.ble_radio import ThreadedAir
-    from ansim_simulators.board_radio import BoardRadio
-
-    board = wearable()
-    ctl = board.control
-    air = ThreadedAir()
-    try:
-        with BoardRadio(board, air):
-            mark = ctl.mark()
-            triple_press(board)
-            _, sos = next_advert(board, mark)
-            epoch = epoch_of(time.time() + ctl.rtc_offset)
-            right = int(time.time()) + 3600  # the wearable's clock is an hour late
-            sent = {"time": frames.build_sealed("time", {"unix_time": right}, KEYS, 7, epoch, downlink=True),
-                    "center_ack": frames.build_sealed("center_ack", {"acked_counter": sos.counter, "status": "received"},
-                                                      KEYS, 8, epoch, downlink=True)}
-            second = "time" if first == "center_ack" else "center_ack"
-            heard_first = "wearable: ack for" if first == "center_ack" else "wearable: clock set"
-            heard_second = "wearable: clock set" if first == "center_ack" else "wearable: ack for"
-            advertiser = air.call(air.air.add_advertiser(ble.advertisement(sent[first]), interval_ms=30))
-            printed(board, heard_first, mark)
-            air.call(advertiser.stop())
-            air.call(air.air.add_advertiser(ble.advertisement(sent[second]), interval_ms=30))
-            printed(board, heard_second, mark)
-            ctl.wait_for(lambda e: abs(e["offset"] - 3600) < 5, timeout=WAIT_S, since=mark, ev="rtc")
-            printed(board, "wearable: sos %d acknowledged" % sos.counter, mark)
-    finally:
-        air.close()
+    with SosOnTheAir(wearable()) as sos:
+        sent = {"time": sos.seal("time", {"unix_time": sos.right}, 7),
+                "center_ack": sos.seal("center_ack", {"acked_counter": sos.sos.counter, "status": "received"}, 8)}
+        heard = {"time": "wearable: clock set", "center_ack": "wearable: ack for"}
+        second = "time" if first == "center_ack" else "center_ack"
+        advertiser = sos.advertise(sent[first])
+        printed(sos.board, heard[first], sos.mark)
+        sos.air.call(advertiser.stop())
+        sos.advertise(sent[second])
+        printed(sos.board, heard[second], sos.mark)
+        sos.clock_set_right()
+        printed(sos.board, "wearable: sos %d acknowledged" % sos.sos.counter, sos.mark)
 
 
 def test_a_hung_wearable_is_reset_by_its_watchdog(wearable):

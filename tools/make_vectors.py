@@ -158,7 +158,6 @@ def value_ranges():
     """Each field's lowest and highest value, and one past where the width allows (SPEC.md 4)."""
     bell = (BELL_KEY, BELL_ID)
     light = (LIGHT_KEY, LIGHT_ID)
-    no_fix = {"lat": None, "lon": None, "accuracy_m": 0}
 
     def bad(name, code, body, who, downlink=False, counter=900):
         return _negative("range: " + name + ", validly tagged",
