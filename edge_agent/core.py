@@ -14,8 +14,8 @@ import logging
 import time
 
 from ansim_protocol import frames, topics
-from ansim_protocol.crypto import epoch_of
-from ansim_protocol.errors import DIRECTION, TOPIC, UNKNOWN, FrameError
+from ansim_protocol.crypto import CLOCKLESS, epoch_of
+from ansim_protocol.errors import DIRECTION, REPLAY, TOPIC, UNKNOWN, FrameError
 
 from . import alerts, geo
 from .center_messages import Refused
@@ -66,8 +66,7 @@ class Core:
         now = clock()
         rid_states = store.rid_states()
         for device in registry.by_role("wearable"):
-            last_epoch, offset = rid_states.get(device.device_id, (None, 0))
-            self.resolver.add(device.device_id, device.keys, now, last_epoch, offset)
+            self.resolver.add(device.device_id, device.keys, now, *rid_states.get(device.device_id, ()))
         self.lights = registry.by_role("streetlight")
         self.open_emergencies = {}  # device_id -> _OpenEmergency
         self.light_states = {}      # device_id -> fields of the last light_state
@@ -81,8 +80,8 @@ class Core:
         stored = self.store.rid_states()
         resolver = RotatingIdResolver()
         for device in registry.by_role("wearable"):
-            last_epoch, offset = known.get(device.device_id) or stored.get(device.device_id, (None, 0))
-            resolver.add(device.device_id, device.keys, now, last_epoch, offset)
+            resolver.add(device.device_id, device.keys, now, *(known.get(device.device_id)
+                                                               or stored.get(device.device_id, ())))
         self.registry, self.resolver, self.lights = registry, resolver, registry.by_role("streetlight")
 
     # -- intake ------------------------------------------------------------------------------
@@ -114,22 +113,30 @@ class Core:
         if seen is not None and now - seen <= self.config.agent["dedup_window_s"]:
             return Outcome(reception, "duplicate")
         try:
-            device, frame = self._verify(reception)
+            device, frame, epoch = self._verify(reception)
             if device is None:
                 log.debug("overheard a downlink frame via %s/%s", reception.path, reception.receiver)
                 return Outcome(reception, OVERHEARD)
-            highest, window = frames.accept_counter(frame.counter, *self.store.up_state(device.device_id))
+            highest, window = self.store.up_state(device.device_id)
+            if epoch is not None and epoch >= CLOCKLESS and frame.counter <= highest:
+                # a frame without a time can be a day old: only a counter never reached is new
+                raise FrameError(REPLAY, "clockless frame %d at or below %d" % (frame.counter, highest))
+            highest, window = frames.accept_counter(frame.counter, highest, window)
         except FrameError as err:
             return Outcome(reception, err.reason, detail=str(err))
         self.store.accept(device.device_id, highest, window, digest, now)
         self.store.heard(device.device_id, now)
-        if frame.sealed:
-            self._confirm_rid(device, reception.frame)
+        if epoch is not None:
+            self.resolver.confirm(device.device_id, epoch)
+            self.store.save_rid_state(device.device_id, *self.resolver.state(device.device_id))
+            if epoch >= CLOCKLESS:  # it listens after each frame until it hears the time
+                downlinks.append(self._sealed(device, "time", {"unix_time": int(now)}, epoch))
         alert_id = self._act(device, frame, reception, now, downlinks)
         return Outcome(reception, "accepted", frame.kind, device.device_id, alert_id)
 
     def _verify(self, reception):
-        """(device, frame) of a verified uplink frame; (None, None) for a downlink frame heard on
+        """(device, frame, epoch) of a verified uplink frame, ``epoch`` that of a sealed frame's
+        rotating id (else None); (None, None, None) for a downlink frame heard on
         a shared medium (BLE, a serial radio or bus, a relay's topic), where the agent's own
         frames to devices and other agents' are normal traffic. On a device's own ``up`` topic
         no correct sender puts one: rejected (``direction``)."""
@@ -137,11 +144,11 @@ class Core:
         if header.downlink:
             if reception.topic is not None and topics.parse(reception.topic)[0] == topics.DEV:
                 raise FrameError(DIRECTION, "a downlink frame on the uplink topic %s" % reception.topic)
-            return None, None
+            return None, None, None
         if header.sealed:
-            for device_id, keys, _ in self.resolver.candidates(header.rid):
+            for device_id, keys, epoch in self.resolver.candidates(header.rid):
                 try:
-                    return self.registry.get(device_id), frames.unpack(reception.frame, keys)
+                    return self.registry.get(device_id), frames.unpack(reception.frame, keys), epoch
                 except FrameError:
                     continue
             raise FrameError(UNKNOWN, "rotating id %s matches no registered wearable" % header.rid.hex())
@@ -152,14 +159,7 @@ class Core:
         device = self.registry.get(header.device_id)
         if device is None:
             raise FrameError(UNKNOWN, "device %08x is not registered" % header.device_id)
-        return device, frames.unpack(reception.frame, device.keys)
-
-    def _confirm_rid(self, device, frame):
-        for device_id, _, epoch in self.resolver.candidates(frames.peek(frame).rid):
-            if device_id == device.device_id:
-                self.resolver.confirm(device_id, epoch)
-                self.store.save_rid_state(device_id, *self.resolver.state(device_id))
-                return
+        return device, frames.unpack(reception.frame, device.keys), None
 
     # -- classify, locate, enrich, act ---------------------------------------------------------
 
@@ -273,20 +273,20 @@ class Core:
 
     def _to_wearable(self, device, fields, now):
         """The ack as a sealed frame under the rotating id the wearable uses now. A wearable
-        heard a whole epoch or more away from the agent's clock also gets a ``time`` frame
-        (SPEC.md 3.2): it listens only while it waits for its ack, so both go out together,
-        the time with the lower counter, so that hearing the ack first never makes the
-        wearable refuse the time as a replay, nor the other way round."""
-        _, offset = self.resolver.state(device.device_id)
-        epoch = epoch_of(now) + offset
+        heard a whole epoch or more away from the agent's clock, or without a clock, also gets
+        a ``time`` frame (SPEC.md 3.2): it listens only while it waits for its ack, so both go
+        out together, the time with the lower counter; the wearable takes either first."""
+        epoch = self.resolver.epoch_now(device.device_id)
         downlinks = []
-        if offset:
-            counter = self.store.next_down(device.device_id)
-            clock = frames.build_sealed("time", {"unix_time": int(now)}, device.keys, counter, epoch, downlink=True)
-            downlinks.append(Downlink(device.device_id, counter, clock, "time", via="ble"))
+        if epoch != epoch_of(now):
+            downlinks.append(self._sealed(device, "time", {"unix_time": int(now)}, epoch))
+        return downlinks + [self._sealed(device, "center_ack", fields, epoch)]
+
+    def _sealed(self, device, kind, fields, epoch):
+        """A sealed frame to a wearable under ``epoch``, for the BLE transmitter."""
         counter = self.store.next_down(device.device_id)
-        ack = frames.build_sealed("center_ack", fields, device.keys, counter, epoch, downlink=True)
-        return downlinks + [Downlink(device.device_id, counter, ack, "center_ack", via="ble")]
+        frame = frames.build_sealed(kind, fields, device.keys, counter, epoch, downlink=True)
+        return Downlink(device.device_id, counter, frame, kind, via="ble")
 
     def monitor(self, request, now):
         """A walk-home monitoring request from the center (checked by

@@ -1,21 +1,27 @@
 """Resolves a sealed frame's rotating id to the wearable that sent it (SPEC.md 3.2).
 
-A hash table holds, for every wearable, the rids of the epochs it can be in right now:
-``E+d-1 .. E+d+1`` around the agent's epoch ``E`` shifted by the device's learnt clock
-offset ``d``, plus ``last+1`` and ``last+2`` after the last epoch heard (a device whose clock
-was reset resumes from its persisted last epoch). A lookup is one dictionary access whatever
-the number of devices; tables are rebuilt once per epoch.
+A hash table holds, for every wearable, the rids of the epochs a frame made *now* can carry:
+``E-1 .. E+1`` around the agent's epoch ``E``, always, and the same shifted by the device's
+clock offset ``d``. ``d`` is learnt only from frames found in these windows, so a frame held
+back and replayed later matches nothing and cannot teach an offset that would hide the
+genuine frames. A wearable whose clock is not set (its RTC lost power) uses clockless epochs
+``CLOCKLESS + n`` instead; the table holds the next few ``n`` after the highest heard. A
+lookup is one dictionary access whatever the number of devices; tables are rebuilt once per
+epoch.
 """
 
-from ansim_protocol.crypto import epoch_of, rotating_id
+from ansim_protocol.crypto import CLOCKLESS, epoch_of, rotating_id
+
+CLOCKLESS_AHEAD = 4  # clockless starts a wearable may make unheard before the agent hears one
 
 
 class _Wearable:
-    def __init__(self, device_id, keys, last_epoch, offset):
+    def __init__(self, device_id, keys, last_epoch, offset, clockless):
         self.device_id = device_id
         self.keys = keys
-        self.last_epoch = last_epoch
+        self.last_epoch = last_epoch  # of the last frame resolved, clockless or not
         self.offset = offset
+        self.clockless = clockless  # the highest clockless start n heard
         self.rids = ()
 
 
@@ -28,10 +34,10 @@ class RotatingIdResolver:
     def __len__(self):
         return len(self._devices)
 
-    def add(self, device_id, keys, now, last_epoch=None, offset=0):
-        """Register a wearable (``keys``: its DeviceKeys); ``last_epoch``/``offset`` from the store."""
+    def add(self, device_id, keys, now, last_epoch=None, offset=0, clockless=0):
+        """Register a wearable (``keys``: its DeviceKeys); the rest as ``state`` gave it."""
         self.remove(device_id)
-        device = _Wearable(device_id, keys, last_epoch, offset)
+        device = _Wearable(device_id, keys, last_epoch, offset, clockless)
         self._devices[device_id] = device
         self._epoch = epoch_of(now)
         self._index(device)
@@ -56,26 +62,36 @@ class RotatingIdResolver:
                 for device_id, epoch in self._table.get(bytes(rid), ())]
 
     def confirm(self, device_id, epoch):
-        """A frame under ``epoch`` was verified: learn the device's clock offset and last epoch."""
+        """A frame under ``epoch`` (one of ``candidates``) was verified: learn from it."""
         device = self._devices[device_id]
-        if device.last_epoch is not None and epoch <= device.last_epoch and device.offset == epoch - self._epoch:
-            return
-        device.offset = epoch - self._epoch
-        device.last_epoch = epoch if device.last_epoch is None else max(epoch, device.last_epoch)
+        if epoch >= CLOCKLESS:
+            device.clockless = max(device.clockless, epoch - CLOCKLESS)
+        else:
+            device.offset = epoch - self._epoch
+        device.last_epoch = epoch
         self._unindex(device)
         self._index(device)
 
-    def state(self, device_id):
-        """``(last_epoch, offset)`` to persist, so that a restarted agent resolves at once."""
+    def epoch_now(self, device_id):
+        """The epoch the wearable is using now, for frames to it: its clockless epoch if its
+        last frame had one, else the agent's shifted by the device's offset."""
         device = self._devices[device_id]
-        return device.last_epoch, device.offset
+        if device.last_epoch is not None and device.last_epoch >= CLOCKLESS:
+            return device.last_epoch
+        return self._epoch + device.offset
+
+    def state(self, device_id):
+        """``(last_epoch, offset, clockless)`` to persist, so that a restarted agent resolves at once."""
+        device = self._devices[device_id]
+        return device.last_epoch, device.offset, device.clockless
 
     def _epochs(self, device):
-        centre = self._epoch + device.offset
-        epochs = {centre - 1, centre, centre + 1}
-        if device.last_epoch is not None:
-            epochs.update((device.last_epoch + 1, device.last_epoch + 2))
-        return sorted(e for e in epochs if 0 <= e <= 0xFFFFFFFF)
+        epochs = set()
+        for centre in (self._epoch, self._epoch + device.offset):
+            epochs.update(e for e in (centre - 1, centre, centre + 1) if 0 <= e < CLOCKLESS)
+        epochs.update(CLOCKLESS + n for n in range(device.clockless, device.clockless + CLOCKLESS_AHEAD + 1)
+                      if n < CLOCKLESS)
+        return sorted(epochs)
 
     def _index(self, device):
         rids = []

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS devices (
     last_heard REAL,
     offline INTEGER NOT NULL DEFAULT 0,
     rid_last_epoch INTEGER,
-    rid_offset INTEGER NOT NULL DEFAULT 0
+    rid_offset INTEGER NOT NULL DEFAULT 0,
+    rid_clockless INTEGER NOT NULL DEFAULT 0 -- the highest clockless start heard (SPEC.md 3.2)
 );
 CREATE TABLE IF NOT EXISTS downlinks (      -- frames to devices not yet handed over: sent again after a crash
     device_id INTEGER NOT NULL,
@@ -128,6 +129,8 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(counters)")}
         if "window" not in columns:  # a store from before the replay window
             self._db.execute("ALTER TABLE counters ADD COLUMN window INTEGER NOT NULL DEFAULT 1")
+        if "rid_clockless" not in {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}:
+            self._db.execute("ALTER TABLE devices ADD COLUMN rid_clockless INTEGER NOT NULL DEFAULT 0")
         self._up = {device_id: (value, _from_sql(window)) for device_id, value, window in
                     self._db.execute("SELECT device_id, value, window FROM counters WHERE direction='up'")}
         self._down = dict(self._db.execute("SELECT device_id, value FROM counters WHERE direction='down'"))
@@ -341,11 +344,14 @@ class Store:
     def offline_devices(self):
         return {row[0] for row in self._query("SELECT device_id FROM devices WHERE offline=1")}
 
-    def save_rid_state(self, device_id, last_epoch, offset):
-        self._staged.append(("INSERT INTO devices (device_id, rid_last_epoch, rid_offset) VALUES (?, ?, ?) "
-                             "ON CONFLICT DO UPDATE SET rid_last_epoch=excluded.rid_last_epoch, "
-                             "rid_offset=excluded.rid_offset", (device_id, last_epoch, offset)))
+    def save_rid_state(self, device_id, last_epoch, offset, clockless):
+        self._staged.append(("INSERT INTO devices (device_id, rid_last_epoch, rid_offset, rid_clockless) "
+                             "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET rid_last_epoch=excluded.rid_last_epoch, "
+                             "rid_offset=excluded.rid_offset, rid_clockless=excluded.rid_clockless",
+                             (device_id, last_epoch, offset, clockless)))
 
     def rid_states(self):
-        return {row[0]: (row[1], row[2]) for row in
-                self._query("SELECT device_id, rid_last_epoch, rid_offset FROM devices WHERE rid_last_epoch IS NOT NULL")}
+        """``{device_id: (last_epoch, offset, clockless)}``: what the resolver learnt (``resolver.state``)."""
+        return {row[0]: tuple(row[1:]) for row in
+                self._query("SELECT device_id, rid_last_epoch, rid_offset, rid_clockless FROM devices "
+                            "WHERE rid_last_epoch IS NOT NULL")}

@@ -90,6 +90,10 @@ def _subkey(master, label):
 
 ROTATION_PERIOD_S = 600
 RID_SIZE = 5
+# Epochs from here on are not times: a wearable whose clock is not set counts its n-th start
+# without a clock as epoch CLOCKLESS + n (SPEC.md 3.2), so its frames are never taken for
+# frames made at some time.
+CLOCKLESS = 0x80000000
 
 
 def epoch_of(unix_time):

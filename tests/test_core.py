@@ -9,7 +9,7 @@ from ansim_agent.core import Core
 from ansim_agent.intake import Reception
 from ansim_agent.store import Store
 from ansim_protocol import frames
-from ansim_protocol.crypto import DeviceKeys, epoch_of
+from ansim_protocol.crypto import CLOCKLESS, DeviceKeys, epoch_of
 from ansim_simulators.street import ORIGIN, Street
 
 NOW = 1_800_000_000.0
@@ -271,3 +271,52 @@ def test_an_agent_that_lost_its_database_resumes_its_commands_above_what_the_lig
     command = frames.unpack(core.light_command(core.registry.get(light.device_id), "blink", 100, 60, clock.now).frame,
                             keys)
     assert command.counter == 5001  # a fresh database would have said 1, which the light refuses as a replay
+
+
+@pytest.mark.parametrize("delay_s", [30 * 60, 86400, 7 * 86400], ids=["30min", "1day", "1week"])
+def test_a_sealed_frame_held_back_and_replayed_later_is_not_an_emergency(street, clock, delay_s):
+    """Issue 10.1: an attacker keeps a wearable's SOS from the epoch after the last one this
+    agent heard, and replays it later. It must raise nothing, teach no clock offset, and leave
+    the wearable's genuine frames resolvable, also after a restart of the agent."""
+    wearable = street.wearables[0]
+    keys = DeviceKeys(wearable.key)
+    core, store = make_core(street, clock)
+    heard = frames.build_sealed("heartbeat", {"battery_pct": 80, "uptime_min": 1, "faults": 0}, keys, 10,
+                                epoch_of(clock.now))
+    assert core.process_batch([Reception(heard, "ble", "ble0")])[0][0].verdict == "accepted"
+    made = clock.now + 600  # made in the next epoch, out of this agent's hearing
+    held_back = frames.build_sealed("sos", {"lat": ORIGIN[0], "lon": ORIGIN[1], "accuracy_m": 9}, keys, 11,
+                                    epoch_of(made))
+    clock.now = made + delay_s
+    (outcome,), downlinks = core.process_batch([Reception(held_back, "ble", "ble0")])
+    assert outcome.verdict == "unknown" and downlinks == []
+    assert store.state_counts().get("pending", 0) == 0
+    assert core.resolver.state(wearable.device_id) == (epoch_of(NOW), 0, 0)
+    store.close()
+    core, store = make_core(street, clock)
+    genuine = sos_from(wearable, 12, clock)
+    (outcome,), _ = core.process_batch([Reception(genuine, "ble", "ble0")])
+    assert outcome.verdict == "accepted" and outcome.alert_id == "%s-12" % wearable.hex_id
+    store.close()
+
+
+def test_a_wearable_without_a_clock_is_heard_gets_the_time_and_its_old_frames_stay_old(core, street, clock):
+    wearable = street.wearables[0]
+    keys = DeviceKeys(wearable.key)
+    core.process_batch([Reception(sos_from(wearable, 40, clock), "ble", "ble0")])
+    clock.now += 90 * 86400  # months later, after a battery change: its first start without a clock
+    clockless = CLOCKLESS + 1
+    sos = frames.build_sealed("sos", {"lat": None, "lon": None, "accuracy_m": 0}, keys, 128, clockless)
+    (outcome,), downlinks = core.process_batch([Reception(sos, "ble", "ble0")])
+    assert outcome.verdict == "accepted" and outcome.kind == "sos"
+    # it listens after every frame while it has no clock: the time goes out at once, under its rid
+    time_frames = [d for d in downlinks if d.kind == "time"]
+    assert len(time_frames) == 1 and time_frames[0].via == "ble"
+    clock_frame = frames.unpack(time_frames[0].frame, keys)
+    assert clock_frame.fields["unix_time"] == int(clock.now) and clock_frame.rid == frames.peek(sos).rid
+    time_frame, ack = core.center_ack(outcome.alert_id, "received", clock.now)
+    assert frames.unpack(ack.frame, keys).rid == frames.peek(sos).rid
+    # a clockless frame carries no time: one below the highest counter is old, window or not
+    older = frames.build_sealed("heartbeat", {"battery_pct": 80, "uptime_min": 1, "faults": 0}, keys, 127,
+                                clockless)
+    assert core.process_batch([Reception(older, "ble", "ble0")])[0][0].verdict == "replay"
