@@ -13,6 +13,7 @@ import sys
 
 from ansim_protocol import ble, frames, serial_link
 from ansim_protocol.crypto import DeviceKeys, epoch_of
+from ansim_protocol.errors import FrameError
 
 VECTORS = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors.json"
 
@@ -43,29 +44,41 @@ def _signed_sealed(code, counter, body, downlink=False):
     return frames.seal(head, _inner(code, counter, body + bytes(7 - len(body))), keys, downlink)
 
 
+LOCATED = ("sos", "test_sos")  # the types whose body is a location (SPEC.md 4)
+
+
 def _sealed(name, kind, fields, counter, downlink=False):
     keys = DeviceKeys(WEARABLE_KEY)
     frame = frames.build_sealed(kind, fields, keys, counter, EPOCH, downlink)
-    return _positive(name, frame, WEARABLE_KEY, epoch=EPOCH, ble_too=True)
+    return _positive(name, frame, WEARABLE_KEY, epoch=EPOCH, ble_too=True,
+                     input_fields=fields if kind in LOCATED else None)
 
 
 def _plain(name, kind, fields, key, device_id, counter, downlink=False, ble_too=False):
     frame = frames.build_plain(kind, fields, DeviceKeys(key), device_id, counter, downlink)
-    return _positive(name, frame, key, ble_too=ble_too)
+    return _positive(name, frame, key, ble_too=ble_too, input_fields=fields if kind in LOCATED else None)
 
 
-def _positive(name, frame, key, epoch=None, ble_too=False):
+def _positive(name, frame, key, epoch=None, ble_too=False, input_fields=None):
+    """``input_fields``: the fields exactly as given to the encoder (a location's lat and lon
+    are doubles that decode rounded to 6 decimals, SPEC.md 4), kept beside ``expect``."""
     vector = {"name": name, "hex": frame.hex(), "key": key.hex(),
               "expect": frames.unpack(frame, DeviceKeys(key)).to_dict()}
     if epoch is not None:
         vector["epoch"] = epoch
     if ble_too:
         vector["adv"] = ble.advertisement(frame).hex()
+    if input_fields is not None:
+        vector["input_fields"] = dict(input_fields)
     return vector
 
 
 def _negative(name, data, key, reason, **extra):
+    """A rejected frame. Every sealed frame of the file is made at EPOCH, so a sealed one gets
+    ``epoch`` (its rid is rotating_id(key, EPOCH)) unless ``extra`` gives it."""
     vector = {"name": name, "hex": bytes(data).hex(), "key": key.hex(), "error": reason}
+    if data and data[0] in (0x12, 0x13):
+        vector["epoch"] = EPOCH
     vector.update(extra)
     return vector
 
@@ -151,6 +164,8 @@ def negatives():
                   adv=ble.advertisement(sos).hex()),
         _negative("advertisement with an AD structure past the end", sos, WEARABLE_KEY, "advertisement",
                   adv=(ble.FLAGS + b"\x1f" + ble.advertisement(sos)[4:]).hex()),
+        _negative("replayed SOS (counter 1001, 64 below the last accepted 1065: too old for the window)", sos,
+                  WEARABLE_KEY, "replay", last_counter=1065),
     ]
 
 
@@ -220,6 +235,7 @@ def value_ranges():
         bad("monitor action 0", 11, bytes([0]) + struct.pack(">I", 1), bell, True),
         bad("monitor action 4", 11, bytes([4]) + struct.pack(">I", 1), bell, True),
         bad("position with accuracy 0 (no fix)", 1, bytes([0, 0, 1, 0, 0, 0, 0]), bell),
+        bad("position with accuracy 0, lat 0 and lon not 0 (no fix)", 1, bytes([0, 0, 0, 0, 0, 1, 0]), bell),
         bad("plain counter 0", 7, bytes([1]), bell, counter=0),
         _negative("range: sealed counter 0, validly tagged", _signed_sealed(7, 0, bytes([1])), WEARABLE_KEY,
                   "value"),
@@ -276,13 +292,31 @@ def sealed_errors():
     ]
 
 
+def rid_errors():
+    """Sealed frames whose rid is not rotating_id(key, epoch) for the vector's key and epoch: the
+    receiver, told that one key and epoch, finds no candidate (SPEC.md 7, after step 4)."""
+    wearable = DeviceKeys(WEARABLE_KEY)
+    other = DeviceKeys(BELL_KEY)  # another wearable's key
+    later = frames.build_sealed("sos", SEOUL_CITY_HALL, wearable, 1070, EPOCH + 1)
+    foreign = frames.build_sealed("sos", SEOUL_CITY_HALL, other, 1071, EPOCH)
+    return [
+        _negative("unknown: SOS under the rid of the next epoch, validly tagged", later, WEARABLE_KEY, "unknown",
+                  epoch=EPOCH),
+        _negative("unknown: another wearable's SOS (its rid, its tag), rid checked before the tag", foreign,
+                  WEARABLE_KEY, "unknown", epoch=EPOCH),
+        _negative("order: another wearable's SOS cut to 23 bytes (size before rid)", foreign[:23], WEARABLE_KEY,
+                  "length", epoch=EPOCH),
+    ]
+
+
 def adverts():
     """Advertising data without the flags, with a zero-length terminator, and malformed (SPEC.md 6.1)."""
     sos = frames.build_sealed("sos", SEOUL_CITY_HALL, DeviceKeys(WEARABLE_KEY), 1060, EPOCH)
     press = frames.build_plain("bell_press", {"button": 2}, DeviceKeys(BELL_KEY), BELL_ID, 710)
     manufacturer = ble.advertisement(sos)[3:]
     press_md = ble.advertisement(press)[3:]
-    no_flags = _positive("advert: sealed SOS without the flags structure", sos, WEARABLE_KEY, epoch=EPOCH)
+    no_flags = _positive("advert: sealed SOS without the flags structure", sos, WEARABLE_KEY, epoch=EPOCH,
+                         input_fields=SEOUL_CITY_HALL)
     no_flags["adv"] = manufacturer.hex()
     padded = _positive("advert: bell press, then a zero-length terminator and zero padding to 31 bytes",
                        press, BELL_KEY)
@@ -299,6 +333,8 @@ def adverts():
         _negative("advert: malformed structure after the frame", press, BELL_KEY, "advertisement",
                   adv=(press_md + b"\x05\x09ab").hex()),
         _negative("advert: flags only", b"", BELL_KEY, "advertisement", adv=ble.FLAGS.hex()),
+        _negative("advert: manufacturer data FF FF without a frame (03 FF FF FF)", b"", BELL_KEY, "advertisement",
+                  adv=(ble.FLAGS + b"\x03\xff\xff\xff").hex()),
     ]
 
 
@@ -349,12 +385,59 @@ def serial_vectors():
     ]
 
 
+def _window(highest, seen):
+    """The counters whose bit is set, ascending (``seen`` bit i: counter highest - i)."""
+    return sorted(highest - i for i in range(frames.REPLAY_WINDOW) if seen >> i & 1)
+
+
+def _sequence(name, key, steps, epoch=None):
+    """Frames given in order to a receiver with the replay window of SPEC.md 5, starting with
+    nothing accepted; each step says whether the frame is new and the window after it."""
+    highest, seen = None, 0
+    out = []
+    for frame in steps:
+        counter = frames.unpack(frame, DeviceKeys(key)).counter
+        try:
+            highest, seen = frames.accept_counter(counter, highest, seen)
+            result = "new"
+        except FrameError as err:
+            result = err.reason
+        out.append({"hex": frame.hex(), "counter": counter, "result": result, "highest": highest,
+                    "window": _window(highest, seen)})
+    vector = {"name": name, "key": key.hex(), "sequence": out}
+    if epoch is not None:
+        vector["epoch"] = epoch
+    return vector
+
+
+def replay_sequences():
+    """The replay window (SPEC.md 5): its sequence, and a counter below the highest accepted
+    with its bit clear (new once), as a wearable hears the agent's ack before its time frame."""
+    bell, wearable = DeviceKeys(BELL_KEY), DeviceKeys(WEARABLE_KEY)
+
+    def press(counter):
+        return frames.build_plain("bell_press", {"button": 1}, bell, BELL_ID, counter)
+
+    def down(counter):
+        if counter == 21:
+            return frames.build_sealed("center_ack", {"acked_counter": 1001, "status": "dispatched"}, wearable,
+                                       counter, EPOCH, True)
+        return frames.build_sealed("time", {"unix_time": 1_800_000_000 + counter}, wearable, counter, EPOCH, True)
+
+    return [
+        _sequence("replay window: the sequence of SPEC.md 5 (bell presses)", BELL_KEY,
+                  [press(c) for c in (10, 12, 11, 9, 11, 9, 80, 17, 16)]),
+        _sequence("replay window: below the highest with its bit clear is new once (ack 21 heard before time 20)",
+                  WEARABLE_KEY, [down(c) for c in (21, 20, 20, 21, 25, 23, 20, 22, 23)], epoch=EPOCH),
+    ]
+
+
 def build():
     return {
         "about": "Golden and negative vectors of ansim protocol v1 (protocol/SPEC.md). "
                  "Written by python -m ansim_tools.make_vectors; edit that, not this.",
-        "vectors": positives() + negatives() + value_ranges() + sizes() + sealed_errors() + adverts()
-        + serial_vectors(),
+        "vectors": positives() + negatives() + value_ranges() + sizes() + sealed_errors() + rid_errors()
+        + adverts() + serial_vectors() + replay_sequences(),
     }
 
 
