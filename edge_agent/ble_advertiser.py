@@ -6,7 +6,8 @@ Why not bleak: bleak is a central (scanner / GATT client) library and has no adv
 the library bleak already uses):
 
 1. export an object implementing ``org.bluez.LEAdvertisement1`` on the agent's own bus
-   connection: ``Type`` "broadcast" (non-connectable), ``ManufacturerData`` ``{0xFFFF: frame}``,
+   connection: ``Type`` "broadcast" (non-connectable), ``ManufacturerData`` ``{company_id: frame}``
+   (the site's ``[ble] company_id``; 0xFFFF, the Bluetooth SIG's test id, by default),
    ``Includes`` empty, a ``Release()`` method;
 2. call ``org.bluez.LEAdvertisingManager1.RegisterAdvertisement(path, {})`` on the adapter
    object ``/org/bluez/<adapter>``; BlueZ reads the object's properties back over D-Bus
@@ -25,8 +26,9 @@ BlueZ's rules, and how this module follows them:
   ``Timeout`` expired): no ``UnregisterAdvertisement`` must follow.
 - A "broadcast" advertisement must not carry the LE discoverable flags, so BlueZ sends no
   Flags AD structure (the kernel adds ``02 01 04`` only on an LE-only adapter): on the air is
-  the manufacturer data alone, ``1B FF FF FF <24-byte frame>`` (``on_air_data``), which every
-  receiver following SPEC.md 6.1 parses (it looks for manufacturer data under 0xFFFF).
+  the manufacturer data alone, ``1B FF FF FF <24-byte frame>`` under 0xFFFF (``on_air_data``),
+  which every receiver following SPEC.md 6.1 parses (it looks for manufacturer data under its
+  configured company id).
 - BlueZ has a limited number of advertising instances per adapter (``SupportedInstances``;
   5 with the kernel's software rotation on a Pi's controller, shared with every other
   program). When they are all taken, ``RegisterAdvertisement`` fails with
@@ -55,7 +57,7 @@ from dbus_fast.errors import AuthError, InvalidAddressError
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 from bleak.exc import BleakBluetoothNotAvailableReason
 
-from ansim_protocol.ble import COMPANY_ID, FRAME_MAX
+from ansim_protocol.ble import COMPANY_ID, FRAME_MAX, check_company_id
 
 from .ble_intake import _ADAPTER_HINTS, _DENIED, _OFF, _START_BLUEZ, _SYSTEM_BUS
 from .intake import IntakeUnavailable
@@ -88,12 +90,12 @@ class AdvertiseError(RuntimeError):
         self.dbus_error = dbus_error
 
 
-def on_air_data(frame):
+def on_air_data(frame, company_id=COMPANY_ID):
     """The legacy advertising data BlueZ sends for our broadcast advertisement of ``frame``:
-    manufacturer data under ``COMPANY_ID`` only (no Flags AD structure: see the module doc)."""
+    manufacturer data under ``company_id`` only (no Flags AD structure: see the module doc)."""
     frame = bytes(frame)
     _check_frame(frame)
-    return bytes([len(frame) + 3, 0xFF, COMPANY_ID & 0xFF, COMPANY_ID >> 8]) + frame
+    return bytes([len(frame) + 3, 0xFF, company_id & 0xFF, company_id >> 8]) + frame
 
 
 def _check_frame(frame):
@@ -144,8 +146,9 @@ class _Transmitter:
     """What both transmitters share: the replace-the-oldest policy, durations and shutdown.
     Subclasses implement ``_register`` (may raise ``_NoFreeInstance``) and ``_unregister``."""
 
-    def __init__(self, name):
+    def __init__(self, name, company_id=COMPANY_ID):
         self.name = name
+        self.company_id = check_company_id(company_id)
         self._active = {}  # path -> Advertisement, oldest first
         self._serial = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -230,9 +233,10 @@ class _Transmitter:
 class _LEAdvertisement(ServiceInterface):
     """The exported ``org.bluez.LEAdvertisement1`` object BlueZ reads at registration."""
 
-    def __init__(self, frame, interval_ms, on_release):
+    def __init__(self, frame, interval_ms, on_release, company_id=COMPANY_ID):
         super().__init__(ADVERTISEMENT_IFACE)
         self._frame = frame
+        self._company_id = company_id
         self._interval_ms = interval_ms
         self._on_release = on_release
 
@@ -242,7 +246,7 @@ class _LEAdvertisement(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def ManufacturerData(self) -> "a{qv}":  # noqa: N802
-        return {COMPANY_ID: Variant("ay", self._frame)}
+        return {self._company_id: Variant("ay", self._frame)}
 
     @dbus_property(access=PropertyAccess.READ)
     def Includes(self) -> "as":  # noqa: N802
@@ -266,12 +270,13 @@ class BlueZAdvertiser(_Transmitter):
 
     ``adapter``: "hci0"... ``bus_address``: a D-Bus address ("unix:path=...") for tests; None
     is the system bus. ``interval_ms``: the advertising interval asked for (20 ms or more).
+    ``company_id``: the site's BLE company id (default 0xFFFF, the test id).
     """
 
     component = "ble_advertiser"
 
-    def __init__(self, adapter="hci0", bus_address=None, interval_ms=DEFAULT_INTERVAL_MS):
-        super().__init__("ble-tx " + adapter)
+    def __init__(self, adapter="hci0", bus_address=None, interval_ms=DEFAULT_INTERVAL_MS, company_id=COMPANY_ID):
+        super().__init__("ble-tx " + adapter, company_id)
         if interval_ms < 20:
             raise ValueError("advertising interval %r ms below the 20 ms minimum" % interval_ms)
         self.adapter = adapter
@@ -360,7 +365,7 @@ class BlueZAdvertiser(_Transmitter):
                 self._bus = await self._connect()
             except IntakeUnavailable as err:
                 raise AdvertiseError(str(err)) from None
-        interface = _LEAdvertisement(ad.frame, self.interval_ms, lambda: self._released(ad))
+        interface = _LEAdvertisement(ad.frame, self.interval_ms, lambda: self._released(ad), self.company_id)
         self._bus.export(ad.path, interface)
         ad._handle = interface
         try:
@@ -427,13 +432,13 @@ class VirtualAdvertiser(_Transmitter):
     ``air``: a ``VirtualAir`` on this event loop, or a ``ThreadedAir`` (its own thread).
     ``max_instances``: like BlueZ's limit (None: no limit), with the same replace-the-oldest
     policy. ``rssi``: what scanners report for it (the air's default if None). Each
-    advertisement comes from a new random static address.
+    advertisement comes from a new random static address. ``company_id``: as for BlueZ.
     """
 
     component = "ble_advertiser"
 
-    def __init__(self, air, rssi=None, interval_ms=DEFAULT_INTERVAL_MS, max_instances=None):
-        super().__init__("ble-tx virtual")
+    def __init__(self, air, rssi=None, interval_ms=DEFAULT_INTERVAL_MS, max_instances=None, company_id=COMPANY_ID):
+        super().__init__("ble-tx virtual", company_id)
         self.air = air
         self.rssi = rssi
         self.interval_ms = interval_ms
@@ -462,7 +467,8 @@ class VirtualAdvertiser(_Transmitter):
         kwargs = {"interval_ms": self.interval_ms}
         if self.rssi is not None:
             kwargs["rssi"] = self.rssi
-        ad._handle = await self._on_air(self._virtual_air().add_advertiser(on_air_data(ad.frame), **kwargs))
+        data = on_air_data(ad.frame, self.company_id)
+        ad._handle = await self._on_air(self._virtual_air().add_advertiser(data, **kwargs))
 
     async def _unregister(self, ad, unregister):
         air = self._virtual_air()

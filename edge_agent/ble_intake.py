@@ -1,5 +1,9 @@
 """BLE intake: every advertisement carrying an ansim frame becomes a ``Reception`` (SPEC.md 6.1).
 
+An ansim frame is manufacturer data under the site's company id (``[ble] company_id``, the
+one ``ansim provision`` gave the wearables; default 0xFFFF, the Bluetooth SIG's test id).
+Manufacturer data under any other company is not ours: counted in ``ignored``, never decoded.
+
 Scanning goes through bleak's public API only, so the same code runs on BlueZ (the Pi) and on
 any custom bleak backend (``ansim_simulators.ble_radio`` for tests and the demo). It hands the
 raw frame to the core and decodes nothing: verification, dedup and replay checks are the
@@ -19,13 +23,12 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.exc import (BleakBluetoothNotAvailableError, BleakBluetoothNotAvailableReason, BleakDBusError,
                        BleakError)
 
-from ansim_protocol.ble import COMPANY_ID
+from ansim_protocol.ble import COMPANY_ID, check_company_id
 
 from .intake import IntakeUnavailable, Reception
 
 log = logging.getLogger("ansim.agent.ble")
 
-_COMPANY_LE = bytes([COMPANY_ID & 0xFF, COMPANY_ID >> 8])
 _OFF = "or disable [ble] in the config"
 _SYSTEM_BUS = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "/run/dbus/system_bus_socket")
 _START_BLUEZ = "install and start BlueZ (`sudo apt-get install bluez && sudo systemctl start bluetooth`)"
@@ -62,26 +65,30 @@ def _unavailable(err):
 
 
 class BleIntake:
-    """Scans continuously; each advertisement with manufacturer data under ``COMPANY_ID``
+    """Scans continuously; each advertisement with manufacturer data under ``company_id``
     becomes ``submit(Reception(frame, "ble", receiver, rssi=...))`` on the event loop.
 
     ``backend``: a bleak scanner backend class (None: the platform's, BlueZ on the Pi).
     ``adapter``: BlueZ adapter name ("hci0"; None: the first powered one). ``scanning_mode``:
-    "active" or "passive" (BlueZ >= 5.56 with --experimental, filtering on company 0xFFFF; BlueZ
-    has no DuplicateData there, so it may fold repeats of unchanged data).
+    "active" or "passive" (BlueZ >= 5.56 with --experimental, filtering on ``company_id``; BlueZ
+    has no DuplicateData there, so it may fold repeats of unchanged data). ``company_id``: the
+    site's BLE company id (0 to 0xFFFF; default 0xFFFF, the test id).
     Counters for metrics: ``adverts`` seen, ``frames`` submitted, ``ignored`` (not ansim).
     """
 
     component = "ble"
 
-    def __init__(self, submit, receiver="ble0", backend=None, adapter=None, scanning_mode="active"):
+    def __init__(self, submit, receiver="ble0", backend=None, adapter=None, scanning_mode="active",
+                 company_id=COMPANY_ID):
         self._submit = submit
         self.receiver = receiver
+        self.company_id = check_company_id(company_id)
+        company_le = bytes([company_id & 0xFF, company_id >> 8])  # on air, as BlueZ matches it
         self.adverts = 0
         self.frames = 0
         self.ignored = 0
         bluez = {"filters": {"DuplicateData": True},
-                 "or_patterns": [OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, _COMPANY_LE)]}
+                 "or_patterns": [OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, company_le)]}
         if adapter:
             bluez["adapter"] = adapter
         self._scanner = BleakScanner(self._on_advert, scanning_mode=scanning_mode, bluez=bluez,
@@ -112,7 +119,7 @@ class BleIntake:
 
     def _on_advert(self, device, adv):
         self.adverts += 1
-        frame = adv.manufacturer_data.get(COMPANY_ID)
+        frame = adv.manufacturer_data.get(self.company_id)
         if frame is None:
             self.ignored += 1
             return

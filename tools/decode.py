@@ -1,6 +1,7 @@
 """``ansim decode``: show what a frame (or a whole BLE advertisement) says, and whether it is
 authentic under a given device key."""
 
+import argparse
 import json
 import sys
 
@@ -22,12 +23,23 @@ def add_parser(subparsers):
     p.add_argument("--last-counter", type=int, help="reject the frame as a replay unless its "
                    "counter is above this")
     p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    p.add_argument("--company-id", type=_company_id, default=ble.COMPANY_ID, metavar="ID",
+                   help="the BLE company id the advertisement's frame is under, as the site was provisioned "
+                        "(hex like 0x0A1B, or decimal; default 0xFFFF, the Bluetooth SIG's test id)")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--adv", action="store_true", help="the input is BLE advertising data "
                       "(found without this when it starts with the flags structure 02 01)")
     form.add_argument("--serial", action="store_true", help="the input is bytes from a serial "
                       "line: show every frame the COBS/CRC reader finds and the blocks it drops")
     p.set_defaults(run=run)
+
+
+def _company_id(text):
+    try:
+        return ble.check_company_id(int(text, 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a 16-bit company id: give 0x0000 to 0xFFFF, e.g. 0x0A1B"
+                                         % text) from None
 
 
 def _parse_hex(text, what):
@@ -57,7 +69,7 @@ def run(args):
         print(json.dumps(result, sort_keys=True) if args.json else describe_serial(result))
         return 0
     try:
-        result = decode(data, keys, args.last_counter, advertisement=args.adv)
+        result = decode(data, keys, args.last_counter, advertisement=args.adv, company_id=args.company_id)
     except FrameError as err:
         print("invalid frame: %s" % err, file=sys.stderr)
         return EXIT_INVALID_FRAME
@@ -65,11 +77,12 @@ def run(args):
     return 0
 
 
-def decode(data, keys, last_counter=None, advertisement=False):
-    """The JSON-ready view of ``data``; raises FrameError for anything invalid."""
+def decode(data, keys, last_counter=None, advertisement=False, company_id=ble.COMPANY_ID):
+    """The JSON-ready view of ``data``; raises FrameError for anything invalid. An advertisement's
+    frame is looked for under ``company_id``."""
     source = "frame"
     if advertisement or data[:2] == ble.FLAGS[:2]:
-        data = ble.frame_from_advertisement(data)
+        data = ble.frame_from_advertisement(data, company_id)
         source = "advertisement"
     if keys is None:
         header = frames.peek(data)

@@ -10,6 +10,11 @@ per device, kept in a site directory:
     mosquitto/acl            who may publish and read what (SPEC.md 6.2)
     mosquitto/agent.password the agent's MQTT password ([local_mqtt] password_file), mode 600
 
+Wearables advertise under the site's BLE company id (``--company-id``; default 0xFFFF, the
+Bluetooth SIG's test id), written into each wearable's config as ``company_id``; the site's
+agents must listen for the same one (``[ble] company_id``): ``add --agent-config FILE`` writes it
+there, else provisioning prints the line to add. A site has one company id.
+
 Each bell and streetlight logs in to the Pi's mosquitto as its device id with a random
 password of its own; the agent logs in as ``ansim-agent``. The ACL lets a device publish only
 on its own ``up`` and ``state`` topics and read only its own ``down`` topic; only the agent
@@ -20,6 +25,7 @@ key or a password; only ``rotate`` makes a new key (and a new MQTT password) for
 says that it must be flashed again.
 """
 
+import argparse
 import base64
 import hashlib
 import json
@@ -32,6 +38,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from ansim_protocol.ble import COMPANY_ID, check_company_id
+
 ROLE_PREFIX = {"wearable": 0x0001, "bell": 0x0002, "streetlight": 0x0003}
 FIXED = ("bell", "streetlight")
 
@@ -40,7 +48,7 @@ class ProvisionError(Exception):
     pass
 
 
-CONFIG_KEYS = ("device_id", "role", "key", "position", "broker", "wifi")  # written by provisioning itself
+CONFIG_KEYS = ("device_id", "role", "key", "position", "broker", "wifi", "company_id")  # written by provisioning
 AGENT_USER = "ansim-agent"  # the agent's MQTT user name on the Pi's broker (device ids are 8 hex digits)
 MOSQUITTO_DIR = "/etc/mosquitto/ansim"  # where passwd and acl are installed on the Pi (--mosquitto-dir)
 LISTEN_PORT = 1883
@@ -68,6 +76,12 @@ def add_parser(subparsers):
     add.add_argument("--wifi-password-file", metavar="FILE",
                      help="a file holding the WiFi password (WPA2: 8-63 characters, or 64 hex digits); "
                           "it goes into the device's config, never on the command line or the screen")
+    add.add_argument("--company-id", type=_company_id, metavar="ID",
+                     help="the site's BLE company id for wearables, hex like 0x0A1B (default: the one the site's "
+                          "wearables have, else 0xFFFF, the Bluetooth SIG's test id; use the id your company was "
+                          "assigned by the SIG in production); the agents must use the same")
+    add.add_argument("--agent-config", metavar="FILE",
+                     help="an agent's TOML config to set [ble] company_id in (comments are kept)")
     _mosquitto_dir_option(add)
     listing = actions.add_parser("list", help="list the site's devices (no secrets)")
     listing.add_argument("--site", required=True)
@@ -89,11 +103,22 @@ def run(args):
     try:
         if args.action == "add":
             wifi = _wifi(args.role, args.wifi_ssid, args.wifi_password_file)
+            if args.company_id is not None and args.role != "wearable":
+                raise ProvisionError("--company-id is for wearables (a %s has no BLE)" % args.role)
+            company_id = site.company_id(args.company_id)
+            if args.agent_config is not None:
+                set_agent_company_id(Path(args.agent_config), company_id)  # checked before devices are made
             for device in site.add(args.role, args.count, _position(args.position), args.name, args.broker,
-                                   _settings(args.settings), wifi=wifi, mosquitto_dir=args.mosquitto_dir):
+                                   _settings(args.settings), wifi=wifi, mosquitto_dir=args.mosquitto_dir,
+                                   company_id=company_id):
                 print("added %s %s%s" % (device["id"], device["role"],
                                          " at %.6f, %.6f" % tuple(device["position"]) if device.get("position") else ""))
             print("registry: %s (%d devices)" % (site.registry_path, len(site.devices)))
+            if args.role == "wearable":
+                print("BLE company id 0x%04X: %s" % (company_id, (
+                    "written to %s ([ble] company_id)" % args.agent_config if args.agent_config is not None
+                    else "every agent of the site needs [ble] company_id = 0x%04X%s" % (
+                        company_id, " (the default)" if company_id == COMPANY_ID else ""))))
             _report_mosquitto(site)
         elif args.action == "list":
             for device in site.devices:
@@ -112,12 +137,74 @@ def run(args):
     return 0
 
 
+def _company_id(text):
+    try:
+        return check_company_id(int(text, 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a 16-bit Bluetooth company id: give 0x0000 to 0xFFFF, "
+                                         "e.g. 0x0A1B" % text) from None
+
+
+_TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(#.*)?$")
+_COMPANY_LINE = re.compile(r"^(\s*)company_id\s*=[^#\n]*?(\s*#.*)?$")
+
+
+def set_agent_company_id(path, company_id):
+    """Set ``[ble] company_id`` in the agent's TOML config ``path``, keeping its comments and
+    every other line; the file keeps its owner and mode (it is written in place)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        tomllib.loads(text)
+    except OSError as err:
+        raise ProvisionError("--agent-config %s: cannot read it (%s)" % (path, err.strerror or err)) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ProvisionError("--agent-config %s: not a valid TOML file (%s): fix it first" % (path, err)) from None
+    value = "company_id = 0x%04X" % company_id
+    lines = text.splitlines(keepends=True)
+    table, ble_at = None, None
+    for i, line in enumerate(lines):
+        found = _TABLE.match(line)
+        if found:
+            table = found.group(1)
+            ble_at = i if table == "ble" else ble_at
+            continue
+        key = _COMPANY_LINE.match(line) if table == "ble" else None
+        if key:
+            end = "\n" if line.endswith("\n") else ""
+            lines[i] = "%s%s%s%s" % (key.group(1), value, key.group(2) or "", end)
+            break
+    else:
+        if ble_at is None:
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            lines += ["\n", "[ble]\n", value + "\n"]
+        else:
+            lines.insert(ble_at + 1, value + "\n")
+    new = "".join(lines)
+    try:
+        written = tomllib.loads(new).get("ble", {}).get("company_id")
+    except tomllib.TOMLDecodeError:
+        written = None
+    if written != company_id:
+        raise ProvisionError("--agent-config %s: could not set [ble] company_id there (an unusual layout): add "
+                             "%s under [ble] by hand" % (path, value))
+    try:
+        with open(path, "r+", encoding="utf-8") as f:
+            f.write(new)
+            f.truncate()
+    except OSError as err:
+        raise ProvisionError("--agent-config %s: cannot write it (%s): run as its owner, or add %s under [ble] "
+                             "by hand" % (path, err.strerror or err, value)) from None
+
+
 def _settings(items):
     settings = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ProvisionError("--set %r: write NAME=VALUE, e.g. --set utc_offset_min=540" % item)
+        if name.strip() == "company_id":
+            raise ProvisionError("--set company_id: give --company-id (one for the whole site)")
         if name.strip() in CONFIG_KEYS:
             raise ProvisionError("--set %s: that is set by provisioning itself" % name.strip())
         try:
@@ -228,7 +315,27 @@ class Site:
                                      % (self.registry_path, err)) from None
         self.devices = self.raw.setdefault("device", [])
 
-    def add(self, role, count, position, name, broker, settings=None, wifi=None, mosquitto_dir=None):
+    def company_id(self, given=None):
+        """The site's BLE company id: ``given`` if it agrees with the wearables provisioned so far,
+        else theirs (0xFFFF if there are none); one site, one company id."""
+        used = set()
+        for device in self.devices:
+            if device["role"] != "wearable":
+                continue
+            try:
+                used.add(json.loads(self._device_config_path(device).read_text()).get("company_id", COMPANY_ID))
+            except (OSError, ValueError):
+                continue
+        if given is not None and used and used != {given}:
+            raise ProvisionError("--company-id 0x%04X: the site's wearables are provisioned with %s, and the site's "
+                                 "agents hear one company id only: leave --company-id out, or use another site "
+                                 "directory" % (given, ", ".join("0x%04X" % c for c in sorted(used))))
+        if given is not None:
+            return given
+        return min(used) if used else COMPANY_ID
+
+    def add(self, role, count, position, name, broker, settings=None, wifi=None, mosquitto_dir=None,
+            company_id=None):
         if role in FIXED and position is None:
             raise ProvisionError("a %s needs --position lat,lon (where it is mounted)" % role)
         if count < 1:
@@ -236,6 +343,7 @@ class Site:
         if wifi is not None and role not in FIXED:
             raise ProvisionError("WiFi settings are for bells and streetlights (a %s has no WiFi)" % role)
         broker = _broker(broker)  # checked before anything is written
+        company_id = self.company_id(company_id) if role == "wearable" else None
         mosquitto_dir = self._mosquitto_dir(mosquitto_dir)
         (self.directory / "keys").mkdir(parents=True, exist_ok=True)
         (self.directory / "devices").mkdir(exist_ok=True)
@@ -257,7 +365,7 @@ class Site:
             device_broker = dict(broker or {})
             if role in FIXED:
                 device_broker.update(username=device["id"], password=_new_password())
-            self._write_device_config(device, key, device_broker, settings, wifi)
+            self._write_device_config(device, key, device_broker, settings, wifi, company_id)
             self.devices.append(device)
             made.append(device)
         self._write_registry()
@@ -279,16 +387,18 @@ class Site:
         fixed = device["role"] in FIXED
         if fixed:
             broker.update(username=device["id"], password=_new_password())
-        self._write_device_config(device, key, broker, settings, kept.get("wifi"))
+        self._write_device_config(device, key, broker, settings, kept.get("wifi"), kept.get("company_id"))
         self._write_mosquitto(mosquitto_dir)
         return fixed
 
     def _device_config_path(self, device):
         return self.directory / "devices" / (device["id"] + ".json")
 
-    def _write_device_config(self, device, key, broker, settings=None, wifi=None):
+    def _write_device_config(self, device, key, broker, settings=None, wifi=None, company_id=None):
         config = {"device_id": device["id"], "role": device["role"], "key": key.hex()}
         config.update(settings or {})
+        if company_id is not None:
+            config["company_id"] = company_id
         if "position" in device:
             pos = device["position"]
             config["position"] = [pos["lat"], pos["lon"]] if isinstance(pos, dict) else list(pos)

@@ -5,6 +5,9 @@ Privacy: the advertising address is a non-resolvable private address (NRPA) that
 whenever the rotating id changes epoch (``config(addr_mode=3)`` makes a fresh one on NimBLE),
 so the address never links two rotating ids. Within an epoch address and rid stay together.
 
+Adverts go out, and are heard, under the site's BLE company id (``company_id`` in the config,
+written by ``ansim provision``; default 0xFFFF, the Bluetooth SIG's test id).
+
 The scan handler runs as a soft IRQ for every advertisement nearby, so it only keeps frames
 that could be ours (sealed downlink under one of our three current rids), and at most a few.
 """
@@ -22,8 +25,9 @@ INBOX_MAX = 4
 
 
 class Beacon:
-    def __init__(self, keys):
+    def __init__(self, keys, company_id=ble.COMPANY_ID):
         self.keys = keys
+        self.company_id = ble.check_company_id(company_id)
         self.ble = bluetooth.BLE()
         self.ble.active(True)
         self.ble.irq(self._irq)
@@ -44,7 +48,8 @@ class Beacon:
             self.ble.config(addr_mode=ADDR_NRPA)
             self.epoch = epoch
             self._scan(scanning)
-        self.ble.gap_advertise(interval_ms * 1000, ble.advertisement(frame), connectable=False)
+        self.ble.gap_advertise(interval_ms * 1000, ble.advertisement(frame, self.company_id),
+                              connectable=False)
         self.advertising = True
 
     def stop(self):
@@ -74,7 +79,7 @@ class Beacon:
             if len(adv) < 28:  # 24-byte frame + 4 bytes of manufacturer data header
                 return
             try:
-                frame = ble.frame_from_advertisement(bytes(adv))
+                frame = ble.frame_from_advertisement(bytes(adv), self.company_id)
             except FrameError:
                 return
             if len(frame) != 24 or frame[0] != SEALED_DOWN or frame[1:6] not in self._rids:
