@@ -1,5 +1,6 @@
 """What the control center may send an agent (edge_agent/CENTER_API.md), checked before any
-of it reaches the core: acknowledgements and walk-home monitoring requests.
+of it reaches the core: acknowledgements, walk-home monitoring requests, and the frames other
+agents of the district accepted.
 
 Anything else, whatever its JSON shape or size, is ``Refused`` with a reason for the log and
 the metrics; nothing the center sends can raise anywhere else in the agent.
@@ -18,6 +19,10 @@ MAX_ROUTE_POINTS = 1000
 MAX_SESSION = 64
 # alerts.alert_id of a frame, or of a device_online / device_offline event
 ALERT_ID = re.compile(r"\A[0-9a-f]{8}-(?:[0-9]{1,10}|online-[0-9]{1,15}|offline-[0-9]{1,15})\Z")
+DEVICE_HEX = re.compile(r"\A[0-9a-f]{8}\Z")
+HEX_BYTES = re.compile(r"\A(?:[0-9a-fA-F]{2})+\Z")
+FRAME_MAX = 64  # SPEC.md 6.3: no frame is longer
+MAX_AGENT_ID = 64
 
 
 class Refused(ValueError):
@@ -66,6 +71,23 @@ def parse_monitor(payload):
     if position is not None:
         position = _point(position, "position")
     return {"session": str(session), "action": action, "route": route, "position": position}
+
+
+def parse_shared(device_hex, payload):
+    """A frame another agent accepted, from ``accepted/{device_hex}``, as ``{"device_id": int,
+    "frame": bytes, "epoch": int or None, "agent": str}``, or Refused. The frame itself is
+    verified by the core with the device's key."""
+    if not DEVICE_HEX.match(device_hex):
+        raise Refused("topic's device id %s is not 8 lowercase hex digits" % _short(device_hex))
+    message = _json_object(payload)
+    agent, frame, epoch = message.get("agent"), message.get("frame"), message.get("epoch")
+    if not isinstance(agent, str) or not 0 < len(agent) <= MAX_AGENT_ID:
+        raise Refused("agent %s must be a string of 1 to %d characters" % (_short(agent), MAX_AGENT_ID))
+    if not isinstance(frame, str) or len(frame) > 2 * FRAME_MAX or not HEX_BYTES.match(frame):
+        raise Refused("frame %s must be 1 to %d bytes in hex" % (_short(frame), FRAME_MAX))
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= 0xFFFFFFFF):
+        raise Refused("epoch %s must be null or an integer 0 to 4294967295" % _short(epoch))
+    return {"device_id": int(device_hex, 16), "frame": bytes.fromhex(frame), "epoch": epoch, "agent": agent}
 
 
 def _point(value, what):

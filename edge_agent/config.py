@@ -102,7 +102,9 @@ SCHEMA = {
     },
     "supervision": {
         "mains_s": Setting(int, default=90, low=10, doc="bells and streetlights silent longer are offline"),
-        "wearable_s": Setting(int, default=25 * 3600, low=60, doc="wearables silent longer are offline"),
+        "wearable_s": Setting(int, default=25 * 3600, low=60,
+                              doc="wearables silent longer are offline (their heartbeats come 3 to 9 h apart: "
+                                  "keep it well above 9 h)"),
     },
     "ble": {
         "enabled": Setting(bool, default=False),
@@ -110,6 +112,9 @@ SCHEMA = {
         "scanning": Setting(str, default="active", choices=("active", "passive")),
         "advertise": Setting(bool, default=True, doc="relay the center's acks to wearables by BLE advertising"),
         "ack_advertise_s": Setting(int, default=30, low=5, high=600, doc="how long an ack is advertised"),
+        "company_id": Setting(int, default=0xFFFF,
+                              doc="the site's BLE company id, as `ansim provision` gave its wearables (0xFFFF: "
+                                  "the Bluetooth SIG's test id)"),
         "virtual_air": Setting(str, doc="simulators only: the bumble transport of a virtual BLE radio"),
     },
     "serial": {
@@ -208,6 +213,12 @@ def validate(raw, path):
     if center["keyfile"] is not None:
         require_private(center["keyfile"], "%s: [center] keyfile" % path)
     _check_local_login(path, base, sections["local_mqtt"])
+    company_id = sections["ble"]["company_id"]
+    if not 0 <= company_id <= 0xFFFF:
+        raise ConfigError("%s: [ble] company_id: must be a 16-bit Bluetooth company id, 0x0000 to 0xFFFF, got %d "
+                          "(0x%X): write the one `ansim provision` gave the site's wearables, in hex, e.g. "
+                          "company_id = 0x0A1B; without it the agent uses 0xFFFF, the Bluetooth SIG's test id"
+                          % (path, company_id, company_id))
     return Config(sections, path)
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 
 from ansim_protocol import frames, topics
-from ansim_protocol.crypto import CLOCKLESS, epoch_of
+from ansim_protocol.crypto import CLOCKLESS, epoch_of, rotating_id
 from ansim_protocol.errors import DIRECTION, REPLAY, TOPIC, UNKNOWN, FrameError
 
 from . import alerts, geo
@@ -118,7 +118,7 @@ class Core:
                 log.debug("overheard a downlink frame via %s/%s", reception.path, reception.receiver)
                 return Outcome(reception, OVERHEARD)
             highest, window = self.store.up_state(device.device_id)
-            if epoch is not None and epoch >= CLOCKLESS and frame.counter <= highest:
+            if epoch is not None and epoch >= CLOCKLESS and highest is not None and frame.counter <= highest:
                 # a frame without a time can be a day old: only a counter never reached is new
                 raise FrameError(REPLAY, "clockless frame %d at or below %d" % (frame.counter, highest))
             highest, window = frames.accept_counter(frame.counter, highest, window)
@@ -131,8 +131,36 @@ class Core:
             self.store.save_rid_state(device.device_id, *self.resolver.state(device.device_id))
             if epoch >= CLOCKLESS:  # it listens after each frame until it hears the time
                 downlinks.append(self._sealed(device, "time", {"unix_time": int(now)}, epoch))
-        alert_id = self._act(device, frame, reception, now, downlinks)
+        alert_id = self._act(device, frame, reception, now, downlinks, epoch)
         return Outcome(reception, "accepted", frame.kind, device.device_id, alert_id)
+
+    def merge_shared(self, device_id, raw, epoch, now):
+        """A frame that another agent of the district accepted (SPEC.md 5): verified with the
+        device's key like any frame, whoever relayed it, and its counter marked accepted here,
+        so that the same frame brought here later is no new event. Nothing else follows: no
+        alert, no light, no liveness. Returns "merged", or "known" when this agent had it;
+        raises FrameError for a frame that is not the device's."""
+        device = self.registry.get(device_id)
+        if device is None:
+            raise FrameError(UNKNOWN, "device %08x is not registered here" % device_id)
+        header = frames.peek(raw)
+        if header.downlink:
+            raise FrameError(DIRECTION, "a downlink frame")
+        if header.sealed:
+            if epoch is None or device.role != "wearable" or rotating_id(device.keys, epoch) != header.rid:
+                raise FrameError(UNKNOWN, "rotating id %s is not device %08x's in epoch %s" % (
+                    header.rid.hex(), device_id, epoch))
+        elif header.device_id != device_id:
+            raise FrameError(TOPIC, "frame of device %08x shared as %08x's" % (header.device_id, device_id))
+        frame = frames.unpack(raw, device.keys)
+        try:
+            highest, window = frames.accept_counter(frame.counter, *self.store.up_state(device_id))
+        except FrameError as err:
+            if err.reason == REPLAY:
+                return "known"
+            raise
+        self.store.accept(device_id, highest, window, hashlib.sha256(raw).digest()[:16], now)
+        return "merged"
 
     def _verify(self, reception):
         """(device, frame, epoch) of a verified uplink frame, ``epoch`` that of a sealed frame's
@@ -163,33 +191,34 @@ class Core:
 
     # -- classify, locate, enrich, act ---------------------------------------------------------
 
-    def _act(self, device, frame, reception, now, downlinks):
+    def _act(self, device, frame, reception, now, downlinks, epoch):
         if frame.kind == "light_state":
             before = self.light_states.get(device.device_id)
             self.light_states[device.device_id] = frame.fields
             self.store.down_at_least(device.device_id, frame.fields["last_command"])
             if frame.fields["faults"] & LAMP_FAULT and not (before and before["faults"] & LAMP_FAULT):
-                return self._alert("lamp_fault", device, frame, reception, now)  # once per fault
+                return self._alert("lamp_fault", device, frame, reception, now, epoch)  # once per fault
             return None
         if frame.kind not in ALERT_TYPES:
             return None
         if frame.kind == "cancel":
-            return self._cancel(device, frame, reception, now, downlinks)
-        alert_id = self._alert(frame.kind, device, frame, reception, now)
+            return self._cancel(device, frame, reception, now, downlinks, epoch)
+        alert_id = self._alert(frame.kind, device, frame, reception, now, epoch)
         if frame.kind in EMERGENCIES:
             location = self.locate(device, frame, reception)
             lights = self._command_lights(location, "blink", now, downlinks)
             self.open_emergencies[device.device_id] = _OpenEmergency(alert_id, frame.counter, now, location, lights)
         return alert_id
 
-    def _alert(self, kind, device, frame, reception, now, extra=None):
+    def _alert(self, kind, device, frame, reception, now, epoch, extra=None):
         location = self.locate(device, frame, reception)
         body = alerts.build(kind, device, frame, reception, now, location, self._enrich(location),
                             self.config, extra)
-        self.store.add_alert(body["alert_id"], device.device_id, reception.received_at, now, body)
+        self.store.add_alert(body["alert_id"], device.device_id, reception.received_at, now, body,
+                             reception.frame, epoch)
         return body["alert_id"]
 
-    def _cancel(self, device, frame, reception, now, downlinks):
+    def _cancel(self, device, frame, reception, now, downlinks, epoch):
         sos = self.open_emergencies.get(device.device_id)
         cancelled = alerts.alert_id(device.device_id, frame.fields["sos_counter"])
         in_time = (sos is not None and sos.counter == frame.fields["sos_counter"]
@@ -197,7 +226,7 @@ class Core:
         if in_time:
             self.open_emergencies.pop(device.device_id)
             self._restore_lights(sos.lights, now, downlinks)
-        return self._alert("cancel", device, frame, reception, now,
+        return self._alert("cancel", device, frame, reception, now, epoch,
                            {"cancels": cancelled, "within_window": in_time})
 
     def locate(self, device, frame, reception):

@@ -22,6 +22,8 @@ import signal
 import threading
 import time
 
+from ansim_protocol.errors import UNKNOWN, FrameError
+
 from . import alerts
 from . import registry as registry_module
 from . import systemd
@@ -73,7 +75,8 @@ class Agent:
                              beat=self.heartbeats["uplink"].beat,
                              on_ack=lambda alert_id, status, done: self._call(
                                  lambda: self._center_ack(alert_id, status, done)),
-                             on_monitor=lambda request, done: self._call(lambda: self._monitor(request, done)))
+                             on_monitor=lambda request, done: self._call(lambda: self._monitor(request, done)),
+                             on_shared=lambda share, done: self._call(lambda: self._shared(share, done)))
         self.radios = [self._ble(config.ble)] if config.ble["enabled"] else []
         self.advertiser = self._ble_transmitter(config.ble, virtual_air)
         if self.advertiser is not None:
@@ -143,17 +146,18 @@ class Agent:
             from ansim_simulators.ble_radio import bleak_backend_for
             backend = bleak_backend_for(settings["virtual_air"])
         return BleIntake(self.intake.put, receiver=settings["adapter"], backend=backend,
-                         adapter=settings["adapter"], scanning_mode=settings["scanning"])
+                         adapter=settings["adapter"], scanning_mode=settings["scanning"],
+                         company_id=settings["company_id"])
 
     def _ble_transmitter(self, settings, virtual_air):
         if not (settings["enabled"] and settings["advertise"]):
             return None
         from .ble_advertiser import BlueZAdvertiser, VirtualAdvertiser
         if virtual_air is not None:
-            return VirtualAdvertiser(virtual_air)
+            return VirtualAdvertiser(virtual_air, company_id=settings["company_id"])
         if settings["virtual_air"]:
             return None  # a virtual radio in another process: nothing to advertise on
-        return BlueZAdvertiser(settings["adapter"])
+        return BlueZAdvertiser(settings["adapter"], company_id=settings["company_id"])
 
     def stop(self):
         self._stop.set()
@@ -271,6 +275,9 @@ class Agent:
         self.metrics.intake_depth.set(self.intake.qsize())
         if any(o.alert_id for o in outcomes):
             self.uplink.wake()
+        for outcome in outcomes:
+            if outcome.verdict == "accepted" and outcome.kind == "light_state":
+                self.uplink.light_state(outcome.device_id, self.core.light_states[outcome.device_id])
         self._send(downlinks)
 
     def _commit_and_send(self, downlinks, done=None):
@@ -419,6 +426,19 @@ class Agent:
         self._commit_and_send(downlinks, done)
         self._after_commit(lambda: log.info("alert %s acknowledged by the center: %s; %d frames to devices",
                                             alert_id, status, len(downlinks)))
+
+    def _shared(self, share, done):
+        """A frame another agent of the district accepted: its counter is stored as accepted
+        here before the message is PUBACKed, so the same frame replayed here is no new event."""
+        try:
+            verdict = self.core.merge_shared(share["device_id"], share["frame"], share["epoch"], self.clock())
+        except FrameError as err:
+            if err.reason != UNKNOWN:  # a device of another site: normal in a district
+                self.uplink.refused("accepted", "from agent %s: %s" % (share["agent"], err))
+            done()
+            return
+        self._commit_and_send([], done)
+        log.debug("frame of device %08x accepted by agent %s: %s here", share["device_id"], share["agent"], verdict)
 
     def _reload_registry(self):
         try:

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     state TEXT NOT NULL DEFAULT 'pending',   -- pending, delivered (PUBACK), acked (center), closed
     delivered_at REAL,
     acked_at REAL,
-    escalated INTEGER NOT NULL DEFAULT 0
+    escalated INTEGER NOT NULL DEFAULT 0,
+    frame BLOB,                              -- the device's frame, shared with the district (SPEC.md 5)
+    epoch INTEGER                            -- its rotating id's epoch, for a sealed frame
 );
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, seq);
 CREATE TABLE IF NOT EXISTS counters (
@@ -129,6 +131,10 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(counters)")}
         if "window" not in columns:  # a store from before the replay window
             self._db.execute("ALTER TABLE counters ADD COLUMN window INTEGER NOT NULL DEFAULT 1")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(alerts)")}
+        for column in ("frame BLOB", "epoch INTEGER"):  # a store from before the district's shares
+            if column.split()[0] not in columns:
+                self._db.execute("ALTER TABLE alerts ADD COLUMN " + column)
         if "rid_clockless" not in {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}:
             self._db.execute("ALTER TABLE devices ADD COLUMN rid_clockless INTEGER NOT NULL DEFAULT 0")
         self._up = {device_id: (value, _from_sql(window)) for device_id, value, window in
@@ -161,11 +167,13 @@ class Store:
                              (device_id, highest, _to_sql(window))))
         self._staged.append(("INSERT OR REPLACE INTO seen VALUES (?, ?)", (digest, now)))
 
-    def add_alert(self, alert_id, device_id, received, created, body):
-        """Stage an alert for the outbox; an alert id already stored is ignored (idempotent)."""
-        self._staged.append(("INSERT OR IGNORE INTO alerts (alert_id, device_id, received, created, body) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             (alert_id, device_id, received, created, json.dumps(body, sort_keys=True))))
+    def add_alert(self, alert_id, device_id, received, created, body, frame=None, epoch=None):
+        """Stage an alert for the outbox, with the ``frame`` that raised it (and its rid's
+        ``epoch``) for the district; an alert id already stored is ignored (idempotent)."""
+        self._staged.append(("INSERT OR IGNORE INTO alerts (alert_id, device_id, received, created, body, frame, "
+                             "epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (alert_id, device_id, received, created, json.dumps(body, sort_keys=True), frame,
+                              epoch)))
 
     def heard(self, device_id, now):
         """Note that a device spoke; persisted at most every HEARD_PERSIST_S per device."""
@@ -285,9 +293,10 @@ class Store:
                 raise storage_error(self.path, err) from None
 
     def undelivered(self, after_seq=0, limit=1000):
-        """Alerts not yet PUBACKed by the center's broker, in order: (seq, alert_id, body, received)."""
-        return self._query("SELECT seq, alert_id, body, received FROM alerts WHERE state='pending' AND seq>? "
-                           "ORDER BY seq LIMIT ?", (after_seq, limit))
+        """Alerts not yet PUBACKed by the center's broker, in order: (seq, alert_id, body,
+        received, frame, epoch)."""
+        return self._query("SELECT seq, alert_id, body, received, frame, epoch FROM alerts "
+                           "WHERE state='pending' AND seq>? ORDER BY seq LIMIT ?", (after_seq, limit))
 
     def mark_delivered(self, seqs, now):
         """Record PUBACKs in one transaction. Losing this write in a crash only re-sends alerts,

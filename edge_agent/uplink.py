@@ -1,6 +1,8 @@
 """The link to the control center: alerts from the durable outbox over MQTT (TLS with a
 client certificate, QoS 1, MQTT v5), the center's acknowledgements back, escalation to the
-citywide center, and the agent's birth and death certificates.
+citywide center, the agent's birth and death certificates, the streetlights' states for the
+center's map, and the frames the agents of the district accepted (shared after each alert,
+merged from the others: SPEC.md 5.1).
 
 Delivery: every stored alert not yet PUBACKed is published once per process, in outbox
 order, with at most ``WINDOW`` in flight; paho keeps and retransmits them across reconnects
@@ -23,6 +25,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import center_messages
 from .center_messages import Refused
@@ -51,6 +54,16 @@ def agent_topic(agent_id, channel):
     return "%sagents/%s/%s" % (ROOT, agent_id, channel)
 
 
+def lights_topic(district, device_hex):
+    """Where a streetlight's last reported state is kept for the center's map."""
+    return "%s%s/lights/%s" % (ROOT, district, device_hex)
+
+
+def accepted_topic(district, device_hex):
+    """Where the agents of a district share the frames they accepted (SPEC.md 5)."""
+    return "%s%s/accepted/%s" % (ROOT, district, device_hex)
+
+
 class _Sent:
     """One publish waiting for its PUBACK: ``kind`` alert, escalation or certificate."""
 
@@ -63,14 +76,16 @@ class _Sent:
 
 class Uplink:
     """``on_ack(alert_id, status, done)`` and ``on_monitor(request, done)`` get the center's
-    checked messages; ``done()`` PUBACKs the message once what it means is stored.
+    checked messages, ``on_shared(share, done)`` the frames other agents of the district
+    accepted; ``done()`` PUBACKs the message once what it means is stored.
     ``health`` (edge_agent.health) hears of outages and faults; ``beat`` is called at every
     turn of the uplink's loop (the systemd watchdog)."""
 
-    def __init__(self, config, store, metrics, on_ack=None, on_monitor=None, clock=time.time, health=None,
-                 beat=None):
+    def __init__(self, config, store, metrics, on_ack=None, on_monitor=None, on_shared=None, clock=time.time,
+                 health=None, beat=None):
         self.config, self.store, self.metrics, self.clock = config, store, metrics, clock
-        self.on_ack, self.on_monitor = on_ack, on_monitor
+        self.on_ack, self.on_monitor, self.on_shared = on_ack, on_monitor, on_shared
+        self._shared_prefix = accepted_topic(config.center["district"], "")
         self.health, self._beat = health, beat or (lambda: None)
         center = config.center
         self.agent_id = config.agent["id"]
@@ -88,6 +103,7 @@ class Uplink:
         self._tokens = float(ESCALATION_BURST)
         self._tokens_at = time.monotonic()
         self._refused = {}  # channel -> messages refused, for sampling the log
+        self._lights = {}  # device_hex -> the last light state, sent again after every connection
         self.delivered = 0
         self.v5 = center["mqtt_version"] == 5
         if self.v5:
@@ -153,13 +169,20 @@ class Uplink:
         if reason.is_failure:
             self._down("the center's broker refused agent %s: %s" % (self.agent_id, reason))
             return
-        client.subscribe([(agent_topic(self.agent_id, "ack"), 1), (agent_topic(self.agent_id, "monitor"), 1)])
+        # v5 brokers do not send an agent its own shares back (no local); 3.1.1 ones do: skipped
+        shared = SubscribeOptions(qos=1, noLocal=True) if self.v5 else 1
+        client.subscribe([(agent_topic(self.agent_id, "ack"), 1), (agent_topic(self.agent_id, "monitor"), 1),
+                          (self._shared_prefix + "+", shared)])
         self._sent.reconnected()
         with self._lock:
             if self._rewind_to is not None:  # everything from the refused alert on, in order
                 self._published_to, self._rewind_to = min(self._published_to, self._rewind_to), None
         self._publish(agent_topic(self.agent_id, "state"), self._certificate("online"), _Sent("certificate"),
                       retain=True)
+        with self._lock:
+            lights = list(self._lights.items())
+        for device_hex, body in lights:  # changes while the center was away
+            self._publish(lights_topic(self.config.center["district"], device_hex), body, _Sent("light"), retain=True)
         self._connect_failures = 0
         self._connected_at = time.monotonic()
         self.connected.set()
@@ -169,6 +192,18 @@ class Uplink:
         self._wake.set()
         log.info("connected to the center %s:%d (session %d)", self.config.center["host"],
                  self.config.center["port"], self.session)
+
+    def light_state(self, device_id, fields):
+        """A streetlight reported its state: kept retained at the center (not stored: only the
+        newest matters, and every light reports again when it reconnects)."""
+        device_hex = "%08x" % device_id
+        body = json.dumps({"device": device_hex, "agent": self.agent_id, "mode": fields["mode"],
+                           "commanded_pct": fields["commanded_pct"], "actual_pct": fields["actual_pct"],
+                           "faults": fields["faults"], "at": round(self.clock(), 3)})
+        with self._lock:
+            self._lights[device_hex] = body
+        if self.connected.is_set():
+            self._publish(lights_topic(self.config.center["district"], device_hex), body, _Sent("light"), retain=True)
 
     def _on_connect_fail(self, client, userdata):
         """The center is unreachable or the TLS handshake failed; say so once, then rarely."""
@@ -195,7 +230,9 @@ class Uplink:
                 self.health.down("center", "lost the center (%s); alerts wait in the outbox" % reason, quiet=True)
 
     def _settle(self, sent, reason):
-        if sent.kind == "certificate":
+        if sent.kind in ("certificate", "share", "light"):
+            if reason.is_failure:
+                log.error("the center's broker refused the agent's %s: %s (check the agent's ACL)", sent.kind, reason)
             return
         if sent.kind == "escalation":
             with self._lock:
@@ -222,7 +259,14 @@ class Uplink:
         done = self._acks.ticket(msg)
         channel = msg.topic.rsplit("/", 1)[-1]
         try:
-            if msg.topic == agent_topic(self.agent_id, "ack"):
+            if msg.topic.startswith(self._shared_prefix):
+                channel = "accepted"
+                share = center_messages.parse_shared(msg.topic[len(self._shared_prefix):], msg.payload)
+                if share["agent"] == self.agent_id:
+                    done()  # its own, from a broker without no-local
+                    return
+                message, handler = (share,), self.on_shared
+            elif msg.topic == agent_topic(self.agent_id, "ack"):
                 message = center_messages.parse_ack(msg.payload)
                 handler = self.on_ack
             elif msg.topic == agent_topic(self.agent_id, "monitor"):
@@ -294,10 +338,15 @@ class Uplink:
             rows = self.store.undelivered(self._published_to, room)
             if not rows:
                 return
-            for seq, alert_id, body, received in rows:
+            district = self.config.center["district"]
+            for seq, alert_id, body, received, frame, epoch in rows:
                 alert_type = json.loads(body).get("type")
-                self._publish(alerts_topic(self.config.center["district"], alert_id.split("-", 1)[0]), body,
+                device_hex = alert_id.split("-", 1)[0]
+                self._publish(alerts_topic(district, device_hex), body,
                               _Sent("alert", seq, alert_id, alert_type, received))
+                if frame is not None:  # the district's other agents learn that this frame is taken
+                    share = json.dumps({"agent": self.agent_id, "frame": bytes(frame).hex(), "epoch": epoch})
+                    self._publish(accepted_topic(district, device_hex), share, _Sent("share"), retain=True)
                 self._published_to = seq
 
     def _publish(self, topic, body, sent, retain=False):

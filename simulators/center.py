@@ -54,6 +54,8 @@ AGENT_ACL: tuple[str, ...] = (
     "pattern read ansim/center/v1/agents/%u/ack",
     "pattern read ansim/center/v1/agents/%u/monitor",
     "pattern write ansim/center/v1/+/alerts/#",
+    "pattern readwrite ansim/center/v1/+/accepted/#",
+    "pattern write ansim/center/v1/+/lights/#",
 )
 
 
@@ -61,7 +63,7 @@ def center_acl(center_cn: str) -> list[str]:
     """:data:`AGENT_ACL` plus what the center's own identity ``center_cn`` needs: read every
     alert and certificate, write acknowledgements and walk-home monitoring requests."""
     return [*AGENT_ACL, "user %s" % center_cn,
-            "topic read %s" % ALERTS_FILTER, "topic read %s" % STATE_FILTER,
+            "topic read %s" % ALERTS_FILTER, "topic read %s" % STATE_FILTER, "topic read %s+/lights/#" % ROOT,
             "topic write %sagents/+/ack" % ROOT, "topic write %sagents/+/monitor" % ROOT]
 
 

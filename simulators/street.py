@@ -9,8 +9,10 @@ the agent id) writes ``[center] tls = true`` with its cafile, certfile and keyfi
 the center link is plain, for loopback tests.
 """
 
+import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 ORIGIN = (37.5663, 126.9779)
@@ -47,8 +49,22 @@ class Street:
         self.registry_path = self.directory / "registry.toml"
         self.config_path = self.directory / "agent.toml"
         self.agent_id = agent_id
+        self.center_port, self.overrides, self.center_tls = center_port, overrides or {}, center_tls
         self._write_registry()
-        self._write_config(center_port, local_port, overrides or {}, center_tls)
+        self._write_config(center_port, local_port, self.overrides, center_tls)
+
+    def neighbour(self, directory, agent_id, local_port=None):
+        """Another agent of the same district hearing the same devices (the same keys), with
+        its own id, data and local broker, and the same center."""
+        twin = copy.copy(self)
+        twin.directory = Path(directory)
+        shutil.copytree(self.directory / "keys", twin.directory / "keys")
+        twin.registry_path = twin.directory / "registry.toml"
+        twin.config_path = twin.directory / "agent.toml"
+        shutil.copyfile(self.registry_path, twin.registry_path)
+        twin.agent_id = agent_id
+        twin._write_config(self.center_port, local_port, self.overrides, self.center_tls)
+        return twin
 
     @property
     def devices(self):

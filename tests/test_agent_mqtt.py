@@ -180,3 +180,23 @@ def test_a_center_broker_without_mqtt_v5_is_reached_over_3_1_1(tmp_path, mqtt_cl
             assert json.loads(view.next_message(WAIT_S).payload)["alert_id"] == "%s-4" % bell.hex_id
         # mosquitto logs each client's protocol (its own enum): p2 is MQTT 3.1.1, p5 is MQTT v5.
         assert "as %s (p2," % street.agent_id in center.log_path.read_text()
+
+
+def test_a_lights_reported_state_is_kept_at_the_center_for_its_map(site, mqtt_client):
+    """CENTER_API.md: each light's last light_state, retained on the district's lights topic;
+    a console that connects later finds it, and it is sent again after the center was away."""
+    street, local, center = site
+    light = street.lights[2]
+    state = frames.build_plain("light_state", {"commanded_pct": 100, "actual_pct": 97, "mode": "blink", "faults": 0,
+                                               "last_command": 0}, DeviceKeys(light.key), light.device_id, 3)
+    with Agent(config_module.load(street.config_path)) as agent:
+        waits.until(agent.uplink.connected.is_set, WAIT_S, "the agent connected to the center")
+        mqtt_client(local).publish(topics.topic(light.device_id, topics.UP), state)
+        topic = "ansim/center/v1/jung-gu/lights/%s" % light.hex_id
+        for _ in ("the center has it", "a console that connects later gets it retained"):
+            console = mqtt_client(center)
+            console.subscribe(topic)
+            msg = console.next_message(WAIT_S)
+        body = json.loads(msg.payload)
+        assert msg.retain and body["device"] == light.hex_id and body["agent"] == street.agent_id
+        assert (body["mode"], body["commanded_pct"], body["actual_pct"], body["faults"]) == ("blink", 100, 97, 0)

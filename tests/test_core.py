@@ -301,8 +301,11 @@ def test_a_sealed_frame_held_back_and_replayed_later_is_not_an_emergency(street,
 
 
 def test_a_wearable_without_a_clock_is_heard_gets_the_time_and_its_old_frames_stay_old(core, street, clock):
-    wearable = street.wearables[0]
+    wearable, never_heard = street.wearables[:2]
     keys = DeviceKeys(wearable.key)
+    first = frames.build_sealed("sos", {"lat": None, "lon": None, "accuracy_m": 0}, DeviceKeys(never_heard.key), 1,
+                                CLOCKLESS + 1)
+    assert core.process_batch([Reception(first, "ble", "ble0")])[0][0].verdict == "accepted"
     core.process_batch([Reception(sos_from(wearable, 40, clock), "ble", "ble0")])
     clock.now += 90 * 86400  # months later, after a battery change: its first start without a clock
     clockless = CLOCKLESS + 1
