@@ -29,6 +29,7 @@ EMERGENCIES = ("sos", "bell_press")
 LAMP_FAULT = 0x01
 FIXED_ROLES = ("bell", "streetlight")  # devices on the local broker, with a state topic
 OVERHEARD = "downlink"  # the verdict of a downlink frame heard on a shared medium
+SHARED_REMEMBERED = 10000  # frames shared by the district whose receptions here are reported
 
 
 class Downlink:
@@ -44,13 +45,16 @@ class Downlink:
 class Outcome:
     """What became of one reception: ``verdict`` is "accepted", "duplicate", "downlink" (a frame
     to a device, overheard on a shared medium: the agent's own acks or another agent's; normal,
-    not processed), or a FrameError reason ("tag", "replay", "unknown", ...) with a ``detail``."""
+    not processed), or a FrameError reason ("tag", "replay", "unknown", ...) with a ``detail``.
+    ``heard`` is the alert id of a duplicate of a frame another agent of the district accepted,
+    heard here off the air: its reception is reported to the center, which places the alert
+    from every receiver's signal strength."""
 
-    __slots__ = ("reception", "verdict", "kind", "device_id", "alert_id", "detail")
+    __slots__ = ("reception", "verdict", "kind", "device_id", "alert_id", "detail", "heard")
 
-    def __init__(self, reception, verdict, kind=None, device_id=None, alert_id=None, detail=None):
+    def __init__(self, reception, verdict, kind=None, device_id=None, alert_id=None, detail=None, heard=None):
         self.reception, self.verdict, self.kind = reception, verdict, kind
-        self.device_id, self.alert_id, self.detail = device_id, alert_id, detail
+        self.device_id, self.alert_id, self.detail, self.heard = device_id, alert_id, detail, heard
 
 
 class _OpenEmergency:
@@ -71,6 +75,7 @@ class Core:
         self.open_emergencies = {}  # device_id -> _OpenEmergency
         self.light_states = {}      # device_id -> fields of the last light_state
         self.monitoring = {}        # session id -> monitoring.Session
+        self.shared = {}            # digest of a frame the district shared -> its alert id, until heard here
 
     def reload(self, registry):
         """A new registry (SIGHUP): new wearables are resolved from now on, removed ones no
@@ -111,7 +116,8 @@ class Core:
         now = self.clock()
         seen = self.store.seen_at(digest)
         if seen is not None and now - seen <= self.config.agent["dedup_window_s"]:
-            return Outcome(reception, "duplicate")
+            heard = self.shared.pop(digest, None) if reception.rssi is not None else None
+            return Outcome(reception, "duplicate", heard=heard)
         try:
             device, frame, epoch = self._verify(reception)
             if device is None:
@@ -159,7 +165,11 @@ class Core:
             if err.reason == REPLAY:
                 return "known"
             raise
-        self.store.accept(device_id, highest, window, hashlib.sha256(raw).digest()[:16], now)
+        digest = hashlib.sha256(raw).digest()[:16]
+        self.store.accept(device_id, highest, window, digest, now)
+        if len(self.shared) >= SHARED_REMEMBERED:
+            self.shared.pop(next(iter(self.shared)))
+        self.shared[digest] = alerts.alert_id(device_id, frame.counter)
         return "merged"
 
     def _verify(self, reception):

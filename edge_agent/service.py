@@ -278,6 +278,8 @@ class Agent:
         for outcome in outcomes:
             if outcome.verdict == "accepted" and outcome.kind == "light_state":
                 self.uplink.light_state(outcome.device_id, self.core.light_states[outcome.device_id])
+            elif outcome.heard is not None:
+                self.uplink.heard(outcome.heard, outcome.reception)
         self._send(downlinks)
 
     def _commit_and_send(self, downlinks, done=None):

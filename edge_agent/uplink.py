@@ -59,6 +59,11 @@ def lights_topic(district, device_hex):
     return "%s%s/lights/%s" % (ROOT, district, device_hex)
 
 
+def heard_topic(district, device_hex):
+    """Where an agent reports hearing a frame that another agent of the district accepted."""
+    return "%s%s/heard/%s" % (ROOT, district, device_hex)
+
+
 def accepted_topic(district, device_hex):
     """Where the agents of a district share the frames they accepted (SPEC.md 5)."""
     return "%s%s/accepted/%s" % (ROOT, district, device_hex)
@@ -205,6 +210,17 @@ class Uplink:
         if self.connected.is_set():
             self._publish(lights_topic(self.config.center["district"], device_hex), body, _Sent("light"), retain=True)
 
+    def heard(self, alert_id, reception):
+        """This agent heard, off the air, the frame of an alert another agent raised: the
+        center places the alert from every receiver's signal strength. Best effort: a report
+        made while the center is away is dropped (it only refines a position)."""
+        if not self.connected.is_set():
+            return
+        lat, lon = self.config.agent["position"]
+        body = json.dumps({"alert_id": alert_id, "agent": self.agent_id, "position": {"lat": lat, "lon": lon},
+                           "rssi": reception.rssi, "at": round(reception.received_at, 3)})
+        self._publish(heard_topic(self.config.center["district"], alert_id.split("-", 1)[0]), body, _Sent("heard"))
+
     def _on_connect_fail(self, client, userdata):
         """The center is unreachable or the TLS handshake failed; say so once, then rarely."""
         self._connect_failures += 1
@@ -230,7 +246,7 @@ class Uplink:
                 self.health.down("center", "lost the center (%s); alerts wait in the outbox" % reason, quiet=True)
 
     def _settle(self, sent, reason):
-        if sent.kind in ("certificate", "share", "light"):
+        if sent.kind in ("certificate", "share", "light", "heard"):
             if reason.is_failure:
                 log.error("the center's broker refused the agent's %s: %s (check the agent's ACL)", sent.kind, reason)
             return

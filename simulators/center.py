@@ -56,6 +56,7 @@ AGENT_ACL: tuple[str, ...] = (
     "pattern write ansim/center/v1/+/alerts/#",
     "pattern readwrite ansim/center/v1/+/accepted/#",
     "pattern write ansim/center/v1/+/lights/#",
+    "pattern write ansim/center/v1/+/heard/#",
 )
 
 
@@ -64,6 +65,7 @@ def center_acl(center_cn: str) -> list[str]:
     alert and certificate, write acknowledgements and walk-home monitoring requests."""
     return [*AGENT_ACL, "user %s" % center_cn,
             "topic read %s" % ALERTS_FILTER, "topic read %s" % STATE_FILTER, "topic read %s+/lights/#" % ROOT,
+            "topic read %s+/heard/#" % ROOT,
             "topic write %sagents/+/ack" % ROOT, "topic write %sagents/+/monitor" % ROOT]
 
 

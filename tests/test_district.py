@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ansim_agent import config as config_module
+from ansim_agent.intake import Reception
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys, epoch_of
@@ -78,6 +79,8 @@ def press(bell, counter):
 def test_a_wearable_sos_accepted_at_one_agent_is_no_new_emergency_at_the_other(district, mqtt_client):
     center, (street_a, local_a), (street_b, local_b) = district
     view = CenterView(mqtt_client(center))
+    reports = mqtt_client(center)
+    reports.subscribe("ansim/center/v1/jung-gu/heard/#")
     lights_b = mqtt_client(local_b)
     lights_b.subscribe("ansim/v1/dev/+/down")
     wearable = street_a.wearables[0]
@@ -88,6 +91,11 @@ def test_a_wearable_sos_accepted_at_one_agent_is_no_new_emergency_at_the_other(d
         mqtt_client(local_a).publish(relay_topic("a1"), captured)
         assert view.alerts_until("%s-40" % wearable.hex_id) == [("edge-a", "%s-40" % wearable.hex_id)]
         shared(agent_b, wearable.device_id, 40)
+        # b's own radio hears the genuine advert after the share: no alert, a reception report
+        agent_b.intake.put(Reception(captured, "ble", "hci0", rssi=-77))
+        report = json.loads(reports.next_message(WAIT_S).payload)
+        assert (report["alert_id"], report["agent"], report["rssi"]) == ("%s-40" % wearable.hex_id, "edge-b", -77)
+        assert report["position"] == {"lat": ORIGIN[0], "lon": ORIGIN[1]}
         # the wormhole: the same frame brought to agent b, at once and again later
         relay_b = mqtt_client(local_b)
         relay_b.publish(relay_topic("b1"), captured)
@@ -101,7 +109,7 @@ def test_a_wearable_sos_accepted_at_one_agent_is_no_new_emergency_at_the_other(d
             commands.append(frames.unpack(msg.payload, DeviceKeys(light.key)))
         assert {c.fields["action"] for c in commands} == {"blink"}
         assert len({c.counter for c in commands}) == 1  # one command each: the genuine SOS's
-        assert frame_verdicts(agent_b) == {"duplicate": 2, "accepted": 1}
+        assert frame_verdicts(agent_b) == {"duplicate": 3, "accepted": 1}
 
 
 def test_a_bell_press_accepted_at_one_agent_is_refused_at_an_agent_restored_from_a_backup(district, mqtt_client):
