@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-slow test-faults demo bench-firmware vm32 system-packages venv clean
+.PHONY: test test-slow test-faults demo bench-firmware bench-battery vm32 system-packages venv clean
 
 test: venv
 	$(BIN)/pytest -v
@@ -27,6 +27,10 @@ demo: venv
 # Each role's firmware on the virtual board: latency and heap beside baselines (tools/bench_firmware.py).
 bench-firmware: venv
 	$(BIN)/ansim bench firmware
+
+# The wearable's battery life: a time-warped day on the virtual board (tools/bench_battery.py).
+bench-battery: venv
+	$(BIN)/ansim bench battery
 
 # Optional, not part of test: a 32-bit MicroPython VM in $(VM32) from Debian's source package
 # (apt; about a minute), for the heap in 32-bit words: ANSIM_MICROPYTHON=$(VM32)/micropython.

@@ -21,6 +21,18 @@ board needs a serial port, a flash that survives resets, and pins a test can pre
   number at that Unix time. The RTC keeps running through soft and hard resets and the
   watchdog; ``power_cycle()`` loses it.
 
+- Deep sleep (``machine.deepsleep``, see board/_vb_machine.py): the VM reports the sleep and
+  exits; the host keeps the board asleep (no VM, the radio off) until its timer is over or a
+  wake pin is at its level (``Control.set_pin`` during the sleep), then starts main.py with
+  reset cause DEEPSLEEP_RESET, the wake reason and the RTC memory, which survives every reset
+  but ``power_cycle()``. The host notes {"ev": "wake", "mode": "deep", "reason", "ms"}.
+- ``chip="esp32c3"``: the ``esp32`` module of an ESP32-C3 (``wake_on_gpio``, no ext0/ext1).
+- Time warp (``warp=True``): sleeps take no time. The host's virtual clock ``Control.vnow()``
+  (monotonic seconds plus every warp) stamps each event as ``vt``; a light sleep's event is
+  answered with a warp up to its timer, a deep sleep is skipped up to its timer, unless an
+  input scheduled with ``Control.at(vt, fn)`` comes first: the clock then stops there and the
+  input happens. Awake, the board runs at real speed. See board/_vb_time.py.
+
 Every wait has a timeout.
 """
 
@@ -29,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import heapq
 import json
 import os
 import select
@@ -46,7 +59,8 @@ from pathlib import Path
 
 BOARD_SRC = Path(__file__).resolve().parent / "board"
 RESET_EXIT = 100  # the VM exits with 100 + reset cause to be restarted
-PWRON_RESET, HARD_RESET = 1, 2
+PWRON_RESET, HARD_RESET, DEEPSLEEP_RESET = 1, 2, 4
+TIMER_WAKE = 4  # esp_sleep_wakeup_cause_t
 EPOCH_2000 = 946684800  # Unix time of 2000-01-01, where an ESP32's clock starts
 _BACKLOG_MAX = 1 << 20
 
@@ -129,10 +143,74 @@ class Control:
         # called with each event as it is noted, on the thread that notes it (keep them short)
         self.listeners: list[Callable[[dict], None]] = []
         self.rtc_offset = 0.0  # the board's clock minus the host's, seconds (its last "rtc" event)
+        self.rtc_memory = b""  # machine.RTC().memory() as the board last wrote it
+        self.deep: dict | None = None  # the last deep sleep the board asked for (its "sleep" event)
+        self.warp = False  # time warp: set by VirtualBoard(warp=True)
+        self.warp_s = 0.0  # how far the virtual clock is ahead of the monotonic one
+        self._schedule: list = []  # heap of (vt, seq, fn)
+        self._seq = 0
+        self.after_scheduled: Callable[[], None] = lambda: None  # VirtualBoard: look at a deep sleep again
         self._reading = False  # a VM's connection is being read
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="vboard-control", daemon=True)
         self._thread.start()
+        self._scheduler = threading.Thread(target=self._run_schedule, name="vboard-schedule", daemon=True)
+        self._scheduler.start()
+
+    # -- virtual time ---------------------------------------------------------------------
+    def vnow(self) -> float:
+        """The virtual clock (monotonic seconds plus the warps so far): what ``vt`` stamps say."""
+        with self._cond:
+            return time.monotonic() + self.warp_s
+
+    def at(self, vt: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (e.g. ``lambda: ctl.set_pin(0, 0)``) when the virtual clock reaches ``vt``;
+        with the time warp, no sleep is warped past it."""
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._schedule, (vt, self._seq, fn))
+            self._cond.notify_all()
+
+    def next_scheduled(self) -> float | None:
+        with self._cond:
+            return self._schedule[0][0] if self._schedule else None
+
+    def advance(self, seconds: float) -> None:
+        """Move the virtual clock (and the board's RTC, as the host keeps it) ahead."""
+        with self._cond:
+            self.warp_s += seconds
+            self.rtc_offset += seconds
+            self._cond.notify_all()
+
+    def grant(self, seconds: float | None) -> float:
+        """How far a sleep of ``seconds`` (None: no timer) may be warped now: to its end, or
+        to the next scheduled input if that comes first."""
+        nxt = self.next_scheduled()
+        limit = None if nxt is None else max(0.0, nxt - self.vnow())
+        if seconds is None:
+            return limit or 0.0
+        return max(0.0, seconds if limit is None else min(seconds, limit))
+
+    def _run_schedule(self) -> None:
+        while not self._closed:
+            with self._cond:
+                if not self._schedule:
+                    self._cond.wait(0.5)
+                    continue
+                left = self._schedule[0][0] - (time.monotonic() + self.warp_s)
+                if left > 0:
+                    self._cond.wait(min(left, 0.5))
+                    continue
+                _, _, fn = heapq.heappop(self._schedule)
+            fn()
+            self.after_scheduled()
+
+    def _warp_light_sleep(self, event: dict) -> None:
+        ms = event.get("ms")
+        grant = self.grant(None if ms is None else ms / 1000)
+        if grant > 0:
+            self.send({"cmd": "warp", "n": event.get("n"), "ms": int(grant * 1000)})
+            self.advance(int(grant * 1000) / 1000)
 
     # -- events ---------------------------------------------------------------------------
     def events(self, since: int = 0) -> list[dict]:
@@ -165,6 +243,7 @@ class Control:
     def note(self, event: dict) -> None:
         event.setdefault("t", time.monotonic())
         with self._cond:
+            event.setdefault("vt", event["t"] + self.warp_s)
             self._events.append(event)
             if event.get("ev") == "pin":
                 self.pins[event["pin"]] = event["value"]
@@ -172,7 +251,13 @@ class Control:
                 self.pwm[event["pin"]] = event
             elif event.get("ev") == "rtc":
                 self.rtc_offset = event["offset"]
+            elif event.get("ev") == "rtc_memory":
+                self.rtc_memory = bytes.fromhex(event["data"])
+            elif event.get("ev") == "sleep" and event.get("mode") == "deep":
+                self.deep = event
             self._cond.notify_all()
+        if self.warp and event.get("ev") == "sleep" and event.get("mode") == "light" and not event.get("woken"):
+            self._warp_light_sleep(event)
         for listener in list(self.listeners):
             listener(event)
 
@@ -193,6 +278,7 @@ class Control:
         with self._send_lock:
             self._inputs[key] = cmd
         self.send(cmd)
+        self.after_scheduled()  # a pin may wake a board in deep sleep
 
     def set_pin(self, pin, value: int) -> None:
         """Set an input level (a button: 0 pressed to ground, 1 released with pull-up)."""
@@ -228,6 +314,12 @@ class Control:
     def wifi(self, up: bool) -> None:
         """The access point on the air or not (``access_point(up=...)``)."""
         self.access_point(up=bool(up))
+
+    def level(self, pin, default: int = 1) -> int:
+        """The input level last set on ``pin`` (``default``, a released pull-up, if never)."""
+        with self._send_lock:
+            cmd = self._inputs.get(("pin", pin))
+        return default if cmd is None else cmd["value"]
 
     def pin(self, pin, default=None):
         """The last level the board drove on ``pin``."""
@@ -319,13 +411,18 @@ class VirtualBoard:
 
     def __init__(self, board_dir, transport: str = "pty", *, uid: str = "240ac4000001",
                  heap: str | None = "512k", workdir=None, start_timeout: float = 10.0,
-                 clock: str | float | None = "host", access_point: dict | None = None) -> None:
+                 clock: str | float | None = "host", access_point: dict | None = None, warp: bool = False,
+                 chip: str = "esp32", ticks_start: int = 0) -> None:
         if transport not in ("pty", "socket"):
             raise ValueError("transport is 'pty' or 'socket'")
         if not (clock is None or clock == "host" or isinstance(clock, (int, float))):
             raise ValueError("clock is 'host', None (never set) or a Unix time")
+        if chip not in ("esp32", "esp32c3"):
+            raise ValueError("chip is 'esp32' or 'esp32c3'")
         self.clock = clock
         self.access_point = access_point
+        self.warp, self.chip, self.ticks_start = bool(warp), chip, int(ticks_start)
+        self._deep: dict | None = None  # a deep sleep under way: its wake sources and end
         self.board_dir = Path(board_dir).resolve()
         self.transport = transport
         self.uid, self.heap, self.start_timeout = uid, heap, start_timeout
@@ -348,6 +445,8 @@ class VirtualBoard:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.control = Control()
         self.control.on_hello = self._on_hello
+        self.control.warp = self.warp
+        self.control.after_scheduled = lambda: self._deep is not None and self._command(b"w")
         if self.access_point is not None:  # on the air before the first boot
             self.control.access_point(**self.access_point)
         self._wake_r, self._wake_w = os.pipe()
@@ -443,14 +542,19 @@ class VirtualBoard:
             return 0.0
         return (EPOCH_2000 if self.clock is None else self.clock) - time.time()
 
-    def _spawn(self, cause: int) -> None:
+    def _spawn(self, cause: int, wake: int = 0, wake_pins: list | None = None) -> None:
+        self._deep = None
         if cause == PWRON_RESET:
             self.control.rtc_offset = self._power_on_rtc()
+            self.control.rtc_memory = b""  # RTC memory needs power
         else:  # the RTC runs on: take the clock the last VM set, even just before its reset
             self.control.wait_read(2.0)
         config = self.workdir / "board.json"
         config.write_text(json.dumps({"root": str(self.board_dir), "control": list(self.control.address),
-                                      "uid": self.uid, "cause": cause, "rtc_offset": self.control.rtc_offset}))
+                                      "uid": self.uid, "cause": cause, "rtc_offset": self.control.rtc_offset,
+                                      "warp": self.warp, "chip": self.chip, "ticks_start": self.ticks_start,
+                                      "wake": wake, "wake_pins": wake_pins or [],
+                                      "rtc_memory": self.control.rtc_memory.hex()}))
         stdin_r, self._vm_in = os.pipe()
         self._vm_out, stdout_w = os.pipe()
         os.set_blocking(self._vm_in, False)
@@ -516,6 +620,7 @@ class VirtualBoard:
 
     def _serve_console(self) -> None:
         while True:
+            asleep_ms = self._deep_sleep() if self._deep is not None else None
             client = self._client_fd()
             fds = {self._wake_r: select.POLLIN}
             if self._vm_out is not None:
@@ -531,11 +636,15 @@ class VirtualBoard:
                 poller.register(fd, mask)
             # a pty nobody has open reports POLLHUP at once: look again every 20 ms
             timeout = 20 if self._master is not None and client is None else 1000
+            if asleep_ms is not None and self._deep is not None:
+                timeout = min(timeout, asleep_ms)
             for fd, ev in poller.poll(timeout):
                 if fd == self._wake_r:
                     cmd = os.read(fd, 1)
                     if cmd == b"q":
                         return
+                    if cmd == b"w":  # a scheduled input: look at the deep sleep again
+                        break
                     self._kill()
                     self._spawn(HARD_RESET if cmd == b"h" else PWRON_RESET)
                     break
@@ -590,9 +699,49 @@ class VirtualBoard:
         code = proc.wait(10) if proc else None
         self._close_vm_fds()
         self.control.note({"ev": "vm_exit", "code": code})
-        if code is not None and RESET_EXIT < code < RESET_EXIT + 10:
+        if code == RESET_EXIT + DEEPSLEEP_RESET:
+            self._fall_asleep()
+        elif code is not None and RESET_EXIT < code < RESET_EXIT + 10:
             self._spawn(code - RESET_EXIT)
         return True
+
+    # -- deep sleep -----------------------------------------------------------------------
+    def _fall_asleep(self) -> None:
+        """The VM has gone into deep sleep: note until when, and what wakes it."""
+        self.control.wait_read(2.0)
+        event = self.control.deep or {}
+        ms = event.get("ms")
+        now = self.control.vnow()
+        self._deep = {"since": now, "until": None if ms is None else now + ms / 1000, "wake": event.get("wake")}
+        self._deep_sleep()
+
+    def _woken_by(self) -> tuple[int, list] | None:
+        wake = self._deep["wake"]
+        if not wake:
+            return None
+        at = [p for p in wake["pins"] if self.control.level(p) == wake["level"]]
+        if wake.get("all") and len(at) < len(wake["pins"]):
+            return None
+        return (wake["reason"], at if wake["kind"] != "ext0" else []) if at else None  # wake_pins(): ext1, GPIO
+
+    def _deep_sleep(self) -> int:
+        """Wake the board if it is due (then 1000), else ms until its timer (warped at once)."""
+        deep = self._deep
+        if self.warp and self._woken_by() is None:
+            nxt = self.control.next_scheduled()
+            if nxt is None or nxt > self.control.vnow():  # (else a due input is being applied: wait for it)
+                until = deep["until"]
+                self.control.advance(self.control.grant(None if until is None else
+                                                        max(0.0, until - self.control.vnow())))
+        woken = self._woken_by()
+        now = self.control.vnow()
+        if woken is None and (deep["until"] is None or now < deep["until"]):
+            return 20 if deep["until"] is None else max(1, min(1000, int((deep["until"] - now) * 1000)))
+        reason, pins = woken if woken is not None else (TIMER_WAKE, [])
+        self.control.note({"ev": "wake", "mode": "deep", "reason": reason, "pins": pins,
+                           "ms": int((now - deep["since"]) * 1000)})
+        self._spawn(DEEPSLEEP_RESET, reason, pins)
+        return 1000
 
     def _from_client(self, fd: int, ev: int) -> None:
         if ev & select.POLLOUT:

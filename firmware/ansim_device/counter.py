@@ -79,6 +79,16 @@ class PersistentCounter:
         self._next += 1
         return value
 
+    def resume(self, value):
+        """Go on at ``value`` (kept in RTC memory across a deep sleep) rather than after the
+        reservation, if the reservation covers it (limit - block < value <= limit) and nothing
+        was used since the start: a wake then neither skips a block nor writes the flash.
+        False, and nothing changes, otherwise."""
+        if self._next == self._limit and self._limit - self.block < value <= self._limit:
+            self._next = value
+            return True
+        return False
+
     def peek(self):
         """The value ``next()`` will return."""
         return self._next

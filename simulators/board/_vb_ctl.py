@@ -25,6 +25,16 @@ class Halt(BaseException):
     """The host is gone (console or control socket closed): stop the VM."""
 
 
+sleeping = None  # the number of the light sleep under way (a host's warp names it), else None
+warp_ms = 0  # time warp (see _vb_time): ms the board's clocks were moved ahead while it slept
+
+
+def ms():
+    """The board's own millisecond clock for its internals (soft timers, waits, scans): the
+    VM's ticks plus the time warp. Never wraps on the 64-bit VM."""
+    return time.ticks_ms() + warp_ms
+
+
 handlers = {}  # command name -> function(message)
 ticks = []  # functions run at every wait; each returns ms until it is due again, or None
 go = False  # the host has sent its boot-time state
@@ -82,12 +92,12 @@ def tick():
     return due
 
 
-def wait(ms):
-    """Sleep ``ms`` while serving host commands and soft timers."""
-    end = time.ticks_add(time.ticks_ms(), max(0, int(ms)))
+def wait(delay_ms):
+    """Sleep ``delay_ms`` while serving host commands and soft timers."""
+    end = ms() + max(0, int(delay_ms))
     while True:
         due = tick()
-        left = time.ticks_diff(end, time.ticks_ms())
+        left = end - ms()
         if left <= 0:
             service(0)
             return

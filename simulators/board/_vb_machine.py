@@ -35,11 +35,21 @@ _adc = {}  # pin -> raw u16 set by the host
 _timers = []
 _wdt = None  # [timeout_ms, last_feed_ticks]
 _rtc = [None, b""]  # [unused (the clock is _vb_time's), RTC memory]
+RTC_MEMORY_MAX = 2048  # MICROPY_HW_RTC_USER_MEM_MAX of the ESP32 port
+GPIO_WAKE = 7  # ESP_SLEEP_WAKEUP_GPIO: what wake_reason() says after esp32.wake_on_gpio woke it (no constant)
+_chip = "esp32"
+# deep-sleep wake GPIOs (SOC_GPIO_SUPPORT_DEEPSLEEP_WAKEUP): the ESP32-C3's VDD3P3_RTC pads; none on an ESP32
+DEEPSLEEP_GPIOS = {"esp32": (), "esp32c3": (0, 1, 2, 3, 4, 5)}
 
 
-def _setup(uid, cause):
-    global _uid, _cause
-    _uid, _cause = uid, cause
+def _setup(uid, cause, wake=0, wake_pins=(), rtc_memory=b"", chip="esp32"):
+    """At a VM start: after a deep sleep the host passes the wake reason and the RTC memory
+    (kept across every reset but power loss, as RTC_NOINIT memory is)."""
+    global _uid, _cause, _wake_pins, _chip
+    _uid, _cause, _chip = uid, cause, chip
+    _wake[2] = wake
+    _wake_pins = tuple(wake_pins)
+    _rtc[1] = bytes(rtc_memory)
 
 
 def _soft_reset():
@@ -90,7 +100,7 @@ ctl.handlers["adc"] = _on_adc
 
 
 def _tick():
-    now = time.ticks_ms()
+    now = ctl.ms()
     due = None
     if _wdt is not None:
         due = _wdt[0] - time.ticks_diff(now, _wdt[1])
@@ -326,14 +336,14 @@ class ADC:
 class WDT:
     def __init__(self, id=0, timeout=5000):
         global _wdt
-        _wdt = [int(timeout), time.ticks_ms()]
+        _wdt = [int(timeout), ctl.ms()]
 
     def feed(self):
         if _wdt is not None:
-            if time.ticks_diff(time.ticks_ms(), _wdt[1]) > _wdt[0]:  # the hardware has reset already
+            if ctl.ms() - _wdt[1] > _wdt[0]:  # the hardware has reset already
                 ctl.send({"ev": "wdt"})
                 raise ctl.HardReset(WDT_RESET)
-            _wdt[1] = time.ticks_ms()
+            _wdt[1] = ctl.ms()
 
 
 class Timer:
@@ -349,7 +359,7 @@ class Timer:
         if freq > 0:
             period = 1000 // freq
         self._period, self._mode, self._cb = max(1, int(period)), mode, callback
-        self._due = time.ticks_add(time.ticks_ms(), self._period)
+        self._due = ctl.ms() + self._period
         if self not in _timers:
             _timers.append(self)
 
@@ -358,11 +368,11 @@ class Timer:
             _timers.remove(self)
 
     def _check(self, now):
-        left = time.ticks_diff(self._due, now)
+        left = self._due - now
         if left > 0:
             return left
         if self._mode == Timer.PERIODIC:
-            self._due = time.ticks_add(now, self._period)
+            self._due = now + self._period
         else:
             self.deinit()
         if self._cb:
@@ -391,7 +401,10 @@ class RTC:
     def memory(self, data=None):
         if data is None:
             return _rtc[1]
+        if len(data) > RTC_MEMORY_MAX:
+            raise ValueError("buffer too long")
         _rtc[1] = bytes(data)
+        ctl.send({"ev": "rtc_memory", "data": binascii.hexlify(_rtc[1]).decode()})  # the host keeps it
 
 
 def reset():
@@ -410,6 +423,14 @@ def wake_reason():
     return _wake[2]
 
 
+_wake_pins = ()
+
+
+def wake_pins():
+    """The pins that woke the board from deep sleep (esp32.wake_on_gpio / ext1), a tuple."""
+    return _wake_pins
+
+
 def unique_id():
     return _uid
 
@@ -424,20 +445,25 @@ def idle():
 
 
 # Sleep (ESP32 port): wake sources set by the esp32 module (_vb_esp32), kept across soft resets
-# as machine_rtc_config is. _wake = [ext0 (pin, level) or None, ext1 (pins, level) or None,
-# last wake reason].
-_wake = [None, None, 0]
+# as machine_rtc_config is (and lost in a deep sleep, which resets the chip). _wake = [ext0
+# (pin, level) or None, ext1 (pins, level) or None, last wake reason, gpio (pins, level) or None].
+_wake = [None, None, 0, None]
 
 
 def _wake_due():
-    ext0, ext1 = _wake[0], _wake[1]
+    ext0, ext1, gpio = _wake[0], _wake[1], _wake[3]
     if ext0 is not None and _level(ext0[0]) == ext0[1]:
         return EXT0_WAKE
     if ext1 is not None:
         levels = [_level(p) for p in ext1[0]]
         if (any(levels) if ext1[1] else not any(levels)):
             return EXT1_WAKE
+    if gpio is not None and any(_level(p) == gpio[1] for p in gpio[0]):
+        return GPIO_WAKE
     return None
+
+
+_sleeps = [0]  # light sleeps so far: each is numbered for the host's time warp
 
 
 def lightsleep(time_ms=None):
@@ -447,11 +473,17 @@ def lightsleep(time_ms=None):
     says EXT0_WAKE or TIMER_WAKE and the pin can be read), soft timers wait, and the radio is
     off (scan results are lost; the host's radio bridge pauses advertising). Reported to the
     host as {"ev": "sleep", "ms", "ext0": [pin, level]|None} and {"ev": "wake", "reason", "ms"}.
-    Returns None."""
+    Returns None. ``esp32.wake_on_gpio`` pins wake it too (GPIO_WAKE). With the host's time
+    warp (see _vb_time) the event carries the sleep's number ``n``, and the host's
+    {"cmd": "warp", "n", "ms"} moves the clocks ahead."""
     ext0 = _wake[0]
-    ctl.send({"ev": "sleep", "ms": time_ms, "ext0": None if ext0 is None else [ext0[0], ext0[1]]})
-    start = time.ticks_ms()
-    end = None if time_ms is None else time.ticks_add(start, max(0, int(time_ms)))
+    _sleeps[0] += 1
+    ctl.sleeping = _sleeps[0]
+    ctl.send({"ev": "sleep", "mode": "light", "ms": time_ms, "n": _sleeps[0],
+              "ext0": None if ext0 is None else [ext0[0], ext0[1]],
+              "woken": _wake_due() is not None})  # already: the host's time warp must not move the clock
+    start = ctl.ms()
+    end = None if time_ms is None else start + max(0, int(time_ms))
     saved = dict(ctl.handlers)
     ctl.handlers["pin"] = _levels_only
     ctl.handlers.pop("scan_result", None)  # the radio is off
@@ -460,7 +492,7 @@ def lightsleep(time_ms=None):
             reason = _wake_due()
             if reason is not None:
                 break
-            left = -1 if end is None else time.ticks_diff(end, time.ticks_ms())
+            left = -1 if end is None else end - ctl.ms()
             if end is not None and left <= 0:
                 reason = TIMER_WAKE
                 break
@@ -471,10 +503,11 @@ def lightsleep(time_ms=None):
             else:
                 ctl.service(left)
     finally:
+        ctl.sleeping = None
         ctl.handlers.clear()
         ctl.handlers.update(saved)
     _wake[2] = reason
-    ctl.send({"ev": "wake", "reason": reason, "ms": time.ticks_diff(time.ticks_ms(), start)})
+    ctl.send({"ev": "wake", "reason": reason, "ms": ctl.ms() - start})
 
 
 def _levels_only(msg):
@@ -484,10 +517,33 @@ def _levels_only(msg):
 sleep = lightsleep
 
 
-def deepsleep(ms=None):
-    """A stub that returns (a real deep sleep ends in a reset); reported for tests."""
-    ctl.send({"ev": "deepsleep", "ms": ms})
-    ctl.wait(ms or 0)
+def deepsleep(time_ms=None):
+    """Deep sleep as esp_deep_sleep_start() does it, then a reset: RAM, the radio, pins and
+    timers are gone; the RTC keeps running and RTC().memory() is kept. The VM reports
+    {"ev": "sleep", "mode": "deep", "ms", "wake": {"kind", "pins", "level"}|None} and exits; the
+    host (VirtualBoard) keeps the board asleep until ``time_ms`` is over (TIMER_WAKE) or a wake
+    pin is at its level (EXT0_WAKE/EXT1_WAKE on an ESP32, GPIO_WAKE with esp32.wake_on_gpio on
+    an ESP32-C3, where only GPIO0-5 can wake it), then starts main.py again with
+    reset_cause() == DEEPSLEEP_RESET, wake_reason() and wake_pins() telling why. A press that
+    is over by the time main.py runs still shows in the wake reason."""
+    ext0, ext1, gpio = _wake[0], _wake[1], _wake[3]
+    wake = None
+    if ext0 is not None:
+        wake = {"kind": "ext0", "pins": [ext0[0]], "level": ext0[1], "reason": EXT0_WAKE}
+    elif ext1 is not None:
+        wake = {"kind": "ext1", "pins": list(ext1[0]), "level": 1 if ext1[1] else 0, "all": not ext1[1],
+                "reason": EXT1_WAKE}
+    elif gpio is not None:
+        allowed = DEEPSLEEP_GPIOS.get(_chip, ())
+        if not allowed:
+            raise ValueError("DEEPSLEEP with gpio pins not supported on this chip")
+        if any(p not in allowed for p in gpio[0]):
+            raise ValueError("wake-up pin not supported")
+        wake = {"kind": "gpio", "pins": list(gpio[0]), "level": 1 if gpio[1] else 0, "reason": GPIO_WAKE}
+    if time_ms is None and wake is None and ctl._sock is None:
+        raise OSError(22)
+    ctl.send({"ev": "sleep", "mode": "deep", "ms": None if time_ms is None else max(0, int(time_ms)), "wake": wake})
+    raise ctl.HardReset(DEEPSLEEP_RESET)
 
 
 def disable_irq():

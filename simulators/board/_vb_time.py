@@ -9,6 +9,16 @@ fields. The RTC reads the host's clock plus an offset: the host passes the offse
 start (0: the host's clock; after power loss possibly an RTC back at 2000-01-01), and
 ``machine.RTC().datetime(...)`` moves it and reports ``{"ev": "rtc", "offset": s, "unix": t}``
 so that the host keeps it across resets, as the RTC of an ESP32 keeps running through them.
+
+Time warp (the host's ``VirtualBoard(warp=True)``): a day of a board that mostly sleeps cannot
+run in real time. Awake, the clocks run at real speed; asleep (``machine.lightsleep``), the host
+answers the board's {"ev": "sleep", "n"} with {"cmd": "warp", "n", "ms"}: every clock (ticks,
+``time()``, the RTC, soft timers) jumps ``ms`` ahead at once, as far as the sleep's timer or the
+host's next scheduled input; a deep sleep is warped by the host alone (the VM is gone then).
+In warp mode the ticks are an ESP32's: they count from ``ticks_start`` (0) at every boot,
+including a deep-sleep wake, and wrap at 2**30 (``ticks_add``/``ticks_diff`` follow), so firmware
+that keeps ticks across a deep sleep or forgets the wrap fails here as on a board. The unix
+VM's C asyncio queue reads the VM's own ticks: warp is for firmware without asyncio.
 """
 
 import time as _real
@@ -20,9 +30,56 @@ EPOCH_2000 = 946684800  # Unix time of 2000-01-01 00:00:00 UTC
 _offset = 0.0  # board Unix time - host Unix time, seconds
 
 
-def _setup(offset):
-    global _offset
+PERIOD = 1 << 30  # an ESP32's ticks period (MICROPY_PY_TIME_TICKS_PERIOD on a 32-bit port)
+_HALF, _MASK = PERIOD >> 1, PERIOD - 1
+_warp = False
+_base = [0, 0]  # warp mode: (ms clock, us clock) at boot, less ticks_start
+
+
+def _setup(offset, warp=False, ticks_start=0):
+    global _offset, _warp
     _offset = float(offset or 0)
+    _warp = bool(warp)
+    if _warp:
+        _base[0] = _ctl.ms() - int(ticks_start)
+        _base[1] = _real.ticks_us() - int(ticks_start) * 1000
+        g = globals()
+        for name in ("ticks_ms", "ticks_us", "ticks_cpu", "ticks_add", "ticks_diff"):
+            g[name] = g["_w_" + name]
+
+
+def _w_ticks_ms():
+    return (_ctl.ms() - _base[0]) & _MASK
+
+
+def _w_ticks_us():
+    return (_real.ticks_us() + _ctl.warp_ms * 1000 - _base[1]) & _MASK
+
+
+_w_ticks_cpu = _w_ticks_us
+
+
+def _w_ticks_add(ticks, delta):
+    return (ticks + delta) & _MASK
+
+
+def _w_ticks_diff(a, b):
+    return ((a - b + _HALF) & _MASK) - _HALF
+
+
+def _advance(ms):
+    """Move every clock ``ms`` ahead (a warped sleep)."""
+    global _offset
+    _ctl.warp_ms += int(ms)
+    _offset += int(ms) / 1000
+
+
+def _on_warp(msg):
+    if _warp and msg.get("n") is not None and msg.get("n") == _ctl.sleeping:
+        _advance(max(0, int(msg["ms"])))
+
+
+_ctl.handlers["warp"] = _on_warp
 
 
 def _unix():

@@ -27,8 +27,11 @@ it only around what it runs itself, and 1.25's ``-m`` not even then: SIGINT's de
 would kill the VM.
 
 Configuration: env ANSIM_VBOARD names a JSON file {"root": dir, "control": [host, port],
-"uid": hex, "cause": n, "rtc_offset": s} (argv crashes the VM beyond ~255 characters;
-``rtc_offset``: how far the board's clock is ahead of the host's, see _vb_time). Without it,
+"uid": hex, "cause": n, "rtc_offset": s, "warp": bool, "ticks_start": ms, "chip": "esp32"|"esp32c3",
+"wake": reason, "wake_pins": [...], "rtc_memory": hex} (argv crashes the VM beyond ~255
+characters; ``rtc_offset``: how far the board's clock is ahead of the host's, ``warp`` and
+``ticks_start``: the time warp, see _vb_time; ``wake``/``wake_pins``/``rtc_memory``: after a
+deep sleep, see _vb_machine.deepsleep). Without it,
 argv[1] is the root and there is no control socket.
 """
 
@@ -306,8 +309,10 @@ def main():
     cause = cfg.get("cause", _vb_machine.PWRON_RESET)
     if cfg.get("control"):
         ctl.connect(cfg["control"][0], cfg["control"][1])
-    _vb_machine._setup(uid, cause)
-    _vb_time._setup(cfg.get("rtc_offset", 0))
+    _vb_machine._setup(uid, cause, cfg.get("wake", 0), cfg.get("wake_pins", ()),
+                       binascii.unhexlify(cfg.get("rtc_memory", "")), cfg.get("chip", "esp32"))
+    _vb_esp32._setup(cfg.get("chip", "esp32"))
+    _vb_time._setup(cfg.get("rtc_offset", 0), cfg.get("warp", False), cfg.get("ticks_start", 0))
     _vb_bluetooth._setup(uid[:5] + bytes([(uid[5] + 2) & 0xFF]))
     _vb_network._setup(uid)
     vfs.umount("/")
