@@ -3,7 +3,9 @@
 # mosquitto (private brokers in tests and the demo), socat (virtual serial lines and boards),
 # dbus (a private bus with a fake BlueZ in the BLE advertising tests), python3-venv (for .venv),
 # e2fsprogs and util-linux (a small ext4 data_dir that fills up; setpriv and unshare for
-# read-only stores), systemd (systemd-analyze verifies the agent's unit). Idempotent and
+# read-only stores), systemd (systemd-analyze verifies the agent's unit), chromium (the
+# console's page tested in a real headless browser, driven by Playwright without a browser
+# download of its own) and fonts-nanum (NanumGothic: the page's Korean text). Idempotent and
 # silent when everything is present.
 set -eu
 missing=""
@@ -14,6 +16,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || missing="$missing e2fsprogs"
 { command -v setpriv && command -v unshare && command -v mount; } >/dev/null 2>&1 || missing="$missing util-linux mount"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || missing="$missing fonts-nanum"
 [ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -1,0 +1,425 @@
+"""The control-center console (`ansim center`, tools/console): its model alone (alerts merged by
+id from several agents, states, escalation, offline devices, light states, anything malformed
+counted and ignored), its broker link (acks to every agent that reported an alert), and end to
+end: real mosquitto brokers, the real agent, a bell's press, the page in Debian's headless
+chromium driven by Playwright (never a downloaded browser): the marker on the map within a
+second, the operator's clicks reaching the agent and the bell, a checked screenshot, Korean text
+drawn in NanumGothic, walk-home from the page to the streetlights."""
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ansim_agent import config as config_module
+from ansim_agent.service import Agent
+from ansim_protocol import frames, topics
+from ansim_protocol.crypto import DeviceKeys
+from ansim_simulators import waits
+from ansim_simulators.broker import MosquittoBroker
+from ansim_simulators.center import center_acl
+from ansim_simulators.street import Street
+from ansim_tools.console import site as site_module
+from ansim_tools.console.broker import CenterLink
+from ansim_tools.console.cli import describe
+from ansim_tools.console.model import Console
+from ansim_tools.console.web import ConsoleServer
+
+WAIT_S = 10
+CHROMIUM = "/usr/bin/chromium"
+BELL_HEX = "00020001"
+
+
+def alert(alert_id="00020001-1", agent="edge-a", kind="bell_press", rssi=None, lat=37.5663, lon=126.9782,
+          accuracy=5, source="registered", **extra):
+    body = {"schema": "ansim.alert/1", "alert_id": alert_id, "type": kind, "test": kind == "test_sos",
+            "device": {"id": alert_id[:8], "role": "bell", "name": "bell " + alert_id[:8]},
+            "agent": {"id": agent, "site": "jung-gu"},
+            "received_at": "2027-01-15T08:00:00.123+00:00", "stored_at": "2027-01-15T08:00:00.125+00:00",
+            "location": {"lat": lat, "lon": lon, "accuracy_m": accuracy, "source": source},
+            "cameras": [{"id": "CCTV-001", "name": "CCTV-001", "distance_m": 9.6}],
+            "facilities": [{"id": "PB-01", "kind": "police_box", "name": "box", "distance_m": 98.9}],
+            "path": {"transport": "ble", "receiver": "hci0", "rssi": rssi}, "fields": {}}
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+def alerts_topic(device=BELL_HEX, center="jung-gu"):
+    return "ansim/center/v1/%s/alerts/%s" % (center, device)
+
+
+def light(device="00030001", mode="blink", pct=100):
+    return ("ansim/center/v1/jung-gu/lights/%s" % device,
+            json.dumps({"device": device, "agent": "edge-a", "mode": mode, "commanded_pct": pct,
+                        "actual_pct": pct, "faults": 0, "at": 1700000000.5}).encode())
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+def test_one_alert_from_two_agents_is_one_alert_keeping_both():
+    console = Console()
+    events = []
+    console.listen(events.append)
+    first = console.handle(alerts_topic(), alert(agent="edge-a", rssi=-60))
+    again = console.handle(alerts_topic(), alert(agent="edge-a", rssi=-60))       # a resend after a crash
+    second = console.handle(alerts_topic(), alert(agent="edge-b", rssi=-80, lat=37.5664))
+    assert first["new"] and not again["new"] and not again["new_agent"] and second["new_agent"] == "edge-b"
+    assert list(console.alerts) == ["00020001-1"]
+    view = console.snapshot()["alerts"][0]
+    assert view["agents"] == ["edge-a", "edge-b"] and view["copies"] == 3 and view["state"] == "new"
+    assert [(r["agent"], r["rssi"], r["location"]["lat"]) for r in view["reports"]] == [
+        ("edge-a", -60, 37.5663), ("edge-b", -80, 37.5664)]
+    assert console.ack_targets("00020001-1") == ["edge-a", "edge-b"]
+    assert [e["kind"] for e in events] == ["alert", "alert"]  # the resend changed nothing
+
+
+def test_states_move_forward_only_and_escalation_shows_until_acted_on():
+    console = Console()
+    console.handle(alerts_topic(), alert())
+    console.handle(alerts_topic(center="citywide"), alert(escalated_from="jung-gu"))
+    state = lambda: console.snapshot()["alerts"][0]["state"]  # noqa: E731
+    assert state() == "escalated" and console.alerts["00020001-1"]["escalated_from"] == "jung-gu"
+    seen = []
+    for action, expected in (("ack", "acknowledged"), ("dispatch", "dispatched"), ("resolve", "resolved")):
+        status = console.status_for("00020001-1", action)
+        console.ack_sent("00020001-1", status, "edge-a")
+        seen.append((status, state()))
+    assert seen == [("received", "acknowledged"), ("dispatched", "dispatched"), ("resolved", "resolved")]
+    console.ack_sent("00020001-1", "received", "edge-b")  # a late agent gets an older status: no step back
+    assert state() == "resolved"
+    console.ack_result("00020001-1", "received", "edge-b", "delivered")
+    assert console.alerts["00020001-1"]["acks"][-1]["result"] == "delivered"
+    console.handle(alerts_topic("00010001"), alert("00010001-4", kind="test_sos"))
+    assert console.status_for("00010001-4", "ack") == "test-ok"
+    with pytest.raises(KeyError):
+        console.status_for("00010001-5", "ack")
+
+
+def test_offline_and_online_devices_and_agents_from_their_certificates():
+    console = Console()
+    console.handle(alerts_topic("00030002"), alert("00030002-offline-1700000000000", kind="device_offline",
+                                                   reason="last_will", last_heard="2027-01-15T07:58:00+00:00"))
+    assert [(o["device"], o["reason"]) for o in console.snapshot()["offline"]] == [("00030002", "last_will")]
+    console.handle(alerts_topic("00030002"), alert("00030002-online-1700000090000", kind="device_online"))
+    assert console.snapshot()["offline"] == []
+    state = "ansim/center/v1/agents/edge-a/state"
+    console.handle(state, json.dumps({"agent": "edge-a", "site": "s", "state": "online", "session": 3, "at": 1}))
+    console.handle(state, json.dumps({"agent": "edge-a", "site": "s", "state": "offline", "session": 2, "at": 0}))
+    assert console.agents["edge-a"]["state"] == "online"  # a stale certificate of session 2
+    console.handle(state, json.dumps({"agent": "edge-a", "site": "s", "state": "offline", "session": 3, "at": 2}))
+    assert console.agents["edge-a"]["state"] == "offline"
+
+
+def test_light_states_and_what_the_terminal_says():
+    console = Console()
+    lines = []
+    console.listen(lambda e: lines.append(describe(e)))
+    console.handle(*light(mode="blink"))
+    console.handle(*light(mode="blink"))  # retained again after a reconnection: no new line
+    console.handle(*light(mode="schedule", pct=40))
+    console.handle(alerts_topic(), alert())
+    assert console.lights["00030001"]["mode"] == "schedule" and not console.lights["00030001"]["blinking"]
+    assert lines[:2] == ["LIGHT 00030001 blink 100% (commanded 100%)", "LIGHT 00030001 schedule 40% (commanded 40%)"]
+    assert re.fullmatch(r"ALERT 00020001-1 bell_press 00020001 bell 00020001 at 37\.56630,126\.97820 ±5 m "
+                        r"\(registered\) cameras CCTV-001 via edge-a \[new\]", lines[2]), lines[2]
+
+
+@pytest.mark.parametrize("topic, payload", [
+    (alerts_topic(), b"\xff\xfe not json"),
+    (alerts_topic(), b"[1, 2]"),
+    (alerts_topic(), b'{"alert_id": 7}'),
+    (alerts_topic(), alert("bad")),
+    (alerts_topic("00020002"), alert()),                             # another device's topic
+    (alerts_topic(), alert(lat=91)),
+    (alerts_topic(), alert(agent="a/b")),
+    (alerts_topic(), json.dumps({"alert_id": "00020001-1", "type": "sos", "agent": {"id": "x"},
+                                 "location": {"lat": float("nan"), "lon": 0}}).encode()),
+    ("ansim/center/v1/agents/edge-a/state", b'{"state": "online", "session": "3"}'),
+    ("ansim/center/v1/agents/edge-a/state", b'{"state": "asleep", "session": 3}'),
+    ("ansim/center/v1/jung-gu/lights/00030001", b'{"device": "00030001", "mode": "disco"}'),
+    ("ansim/center/v1/jung-gu/lights/00030001", light(pct=101)[1]),
+    ("ansim/center/v1/jung-gu/lights/00030002", light()[1]),          # another light's topic
+    ("ansim/center/v1/jung-gu/elsewhere/x", b"{}"),
+])
+def test_malformed_messages_are_counted_and_ignored(topic, payload):
+    console = Console()
+    assert console.handle(topic, payload) is None
+    snapshot = console.snapshot()
+    assert sum(snapshot["malformed"].values()) == 1
+    assert not (snapshot["alerts"] or snapshot["agents"] or snapshot["lights"])
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+                    max_leaves=20)
+FIELDS = st.fixed_dictionaries({}, optional={
+    "alert_id": st.sampled_from(["00020001-1", "00020001-offline-5", "x"]) | st.text(max_size=12),
+    "type": st.sampled_from(["sos", "device_offline", "device_online"]) | JSON,
+    "agent": st.fixed_dictionaries({"id": st.sampled_from(["edge-a", "edge-b"]) | JSON}) | JSON,
+    "location": st.fixed_dictionaries({"lat": JSON | st.floats(), "lon": JSON | st.floats()}) | JSON,
+    "device": JSON, "cameras": JSON, "path": JSON, "escalated_from": JSON, "state": JSON, "session": JSON,
+    "mode": st.sampled_from(["blink", "off"]) | JSON, "commanded_pct": JSON, "actual_pct": JSON,
+    "faults": JSON, "last_heard": JSON, "reason": JSON})
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.sampled_from([alerts_topic(), alerts_topic(center="citywide"), "ansim/center/v1/agents/edge-a/state",
+                              "ansim/center/v1/jung-gu/lights/00030001", "ansim/center/v1/x"]),
+       payload=st.binary(max_size=64) | FIELDS.map(lambda d: json.dumps(d).encode()) | JSON.map(lambda d: json.dumps(d).encode()))
+def test_any_message_is_used_or_counted_and_the_console_goes_on(topic, payload):
+    console = Console()
+    console.handle(topic, payload)
+    snapshot = console.snapshot()  # JSON-ready whatever came
+    if not (snapshot["alerts"] or snapshot["agents"] or snapshot["lights"]):
+        assert sum(snapshot["malformed"].values()) == 1
+    describe({"kind": "x", "data": None})
+    for kind in ("alerts", "agents", "lights"):
+        for item in snapshot[kind]:
+            describe({"kind": kind.rstrip("s"), "data": item})
+
+
+def test_monitor_requests_are_checked_as_the_agent_checks_them():
+    console = Console()
+    route = [[37.5663, 126.9779], [37.5663, 126.9799]]
+    agent, request = console.monitor_request({"agent": "edge-a", "session": "walk-1", "action": "start", "route": route})
+    assert (agent, request) == ("edge-a", {"session": "walk-1", "action": "start", "route": route})
+    console.walk(agent, request)
+    assert console.monitor_request({"session": "walk-1", "action": "update", "position": [37.5663, 126.979]}) == (
+        "edge-a", {"session": "walk-1", "action": "update", "position": [37.5663, 126.979]})
+    for bad in ({"agent": "edge-a", "session": "", "action": "start", "route": route},
+                {"agent": "edge-a", "session": "w", "action": "start", "route": route[:1]},
+                {"agent": "edge-a", "session": "w", "action": "start", "route": [[91, 0], [0, 0]]},
+                {"agent": "edge-a", "session": "w", "action": "fly"},
+                {"agent": "edge-a", "session": "never-started", "action": "stop"}):
+        with pytest.raises(ValueError):
+            console.monitor_request(bad)
+
+
+def test_the_registry_gives_the_map_without_reading_device_keys(tmp_path):
+    street = Street(tmp_path / "street", center_port=1)
+    for key in (tmp_path / "street" / "keys").iterdir():
+        key.unlink()  # the center holds no device keys
+    layer = site_module.load(street.registry_path)
+    assert {d["id"] for d in layer["devices"]} == {d.hex_id for d in street.devices}
+    assert [c["id"] for c in layer["cameras"]] == [c[0] for c in street.cameras]
+    assert layer["facilities"][0]["kind"] == "police_box"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[camera]]\nid = "C1"\nposition = { lat = 95.0, lon = 1.0 }\n')
+    with pytest.raises(config_module.ConfigError, match=r"\[\[camera\]\] #1 \(C1\) position"):
+        site_module.load(bad)
+
+
+# -- the broker link ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def console_on(tmp_path):
+    """Factory ``console_on(broker, registry=None)``: a model, its broker link and its page server
+    on a free localhost port, all stopped after the test."""
+    made = []
+
+    def start(broker, registry=None, tls=None):
+        console = Console()
+        if registry is not None:
+            console.site = site_module.load(registry)
+        link = CenterLink(console, "127.0.0.1", broker.port, tls, client_id="console-%d" % len(made))
+        server = ConsoleServer(("127.0.0.1", 0), console, link)
+        server.serve_in_thread()
+        link.start()
+        made.append((link, server))
+        waits.until(lambda: console.connection["state"] == "connected", WAIT_S, "the console connected")
+        return console, link, server
+
+    yield start
+    for link, server in made:
+        link.stop()
+        server.close()
+
+
+def test_an_ack_goes_to_every_agent_that_reported_the_alert_and_to_late_ones(broker, mqtt_client, console_on):
+    console, link, _ = console_on(broker)
+    acks = mqtt_client(broker)
+    acks.subscribe("ansim/center/v1/agents/+/ack")
+    agents = mqtt_client(broker)
+    agents.publish(alerts_topic(), alert(agent="edge-a"))
+    agents.publish(alerts_topic(), alert(agent="edge-b"))
+    waits.until(lambda: console.ack_targets("00020001-1") == ["edge-a", "edge-b"], WAIT_S, "both reports")
+    assert link.act("00020001-1", "ack")["agents"] == ["edge-a", "edge-b"]
+    got = {acks.next_message(WAIT_S).topic.split("/")[-2] for _ in range(2)}
+    assert got == {"edge-a", "edge-b"}
+    agents.publish(alerts_topic(), alert(agent="edge-c"))  # reported after the operator acted
+    late = acks.next_message(WAIT_S)
+    assert late.topic == "ansim/center/v1/agents/edge-c/ack"
+    assert json.loads(late.payload) == {"alert_id": "00020001-1", "status": "received"}
+    waits.until(lambda: [a["result"] for a in console.alerts["00020001-1"]["acks"]] == ["delivered"] * 3,
+                WAIT_S, "three PUBACKed acks")
+    agents.publish(alerts_topic(), b"garbage")
+    waits.until(lambda: console.malformed["alerts"] == 1, WAIT_S, "the garbage counted")
+
+
+# -- end to end in a real browser ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    assert os.access(CHROMIUM, os.X_OK), "Debian's chromium is missing: run `make test` (tools/system-packages.sh)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="ko-KR")
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def site(tmp_path):
+    with MosquittoBroker(workdir=tmp_path / "local") as local, MosquittoBroker(workdir=tmp_path / "center") as center:
+        yield Street(tmp_path / "street", center_port=center.port, local_port=local.port), local, center
+
+
+def press(bell, counter):
+    return frames.build_plain("bell_press", {"button": 1}, DeviceKeys(bell.key), bell.device_id, counter)
+
+
+def fonts_of(page, selector):
+    """The platform fonts Chromium drew the element's text with (DevTools' CSS domain)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    return {f["familyName"] for f in cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]}
+
+
+def png_size(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_a_bell_press_on_the_map_within_a_second_and_the_operator_acks_to_the_bell(site, mqtt_client, console_on,
+                                                                                  page, tmp_path):
+    from playwright.sync_api import expect
+    street, local, center = site
+    console, _, server = console_on(center, registry=street.registry_path)
+    page.goto(server.url)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    expect(page.locator('.light[data-device="00030001"]')).to_have_count(1)  # the registry's map
+    center_view = mqtt_client(center)
+    center_view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+    bell = street.bells[0]
+    bell_view = mqtt_client(local)
+    bell_view.subscribe(topics.topic(bell.device_id, topics.DOWN))
+    with Agent(config_module.load(street.config_path)):
+        expect(page.locator('.agent-item[data-agent="%s"]' % street.agent_id)).to_have_attribute("data-state", "online")
+        mqtt_client(local).publish(topics.topic(bell.device_id, topics.UP), press(bell, 1))
+        arrived = center_view.next_message(WAIT_S)  # paho stamps it (monotonic) as it arrives
+        alert_id = json.loads(arrived.payload)["alert_id"]
+        marker = page.locator('.alert-marker[data-alert-id="%s"]' % alert_id)
+        marker.wait_for(state="visible", timeout=WAIT_S * 1000)
+        latency = time.monotonic() - arrived.timestamp
+        print("alert %s: on the map %.0f ms after it reached the center's broker" % (alert_id, latency * 1000))
+        assert latency < 1.0, latency
+        item = page.locator('.alert-item[data-alert-id="%s"]' % alert_id)
+        expect(item.locator(".title")).to_contain_text("비상벨")
+        expect(item.locator(".cameras")).to_contain_text("CCTV-001")
+        expect(page.locator('.accuracy-circle[data-alert-id="%s"]' % alert_id)).to_have_count(1)
+        assert "NanumGothic" in fonts_of(page, '.alert-item[data-alert-id="%s"] .title' % alert_id)
+
+        shot = page.screenshot(path=str(tmp_path / "console.png"), animations="disabled")
+        width, height = png_size(shot)
+        assert len(shot) > 10000 and (width, height) == (1280, 800)
+        box = marker.bounding_box()
+        assert box and box["width"] > 0 and 0 <= box["x"] and box["x"] + box["width"] <= width \
+            and 0 <= box["y"] and box["y"] + box["height"] <= height, box
+        clip = {"x": box["x"], "y": box["y"], "width": box["width"], "height": box["height"]}
+        there = page.screenshot(clip=clip, animations="disabled")
+        assert page.screenshot(clip=clip, animations="disabled") == there  # the same pixels twice ...
+        marker.evaluate("e => e.style.visibility = 'hidden'")
+        assert page.screenshot(clip=clip, animations="disabled") != there  # ... and they are the marker's
+        marker.evaluate("e => e.style.visibility = ''")
+
+        item.locator(".btn-ack").click()
+        ack = frames.unpack(bell_view.next_message(WAIT_S).payload, DeviceKeys(bell.key))
+        assert ack.kind == "center_ack" and ack.fields == {"acked_counter": 1, "status": "received"}
+        expect(marker).to_have_attribute("data-state", "acknowledged")
+        expect(item.locator(".acks")).to_contain_text("delivered")
+        for button, status in ((".btn-dispatch", "dispatched"), (".btn-resolve", "resolved")):
+            item.locator(button).click()
+            relayed = frames.unpack(bell_view.next_message(WAIT_S).payload, DeviceKeys(bell.key))
+            assert relayed.fields == {"acked_counter": 1, "status": status}
+        expect(marker).to_have_attribute("data-state", "resolved")
+        expect(item.locator(".btn-resolve")).to_be_disabled()
+    expect(page.locator('.agent-item[data-agent="%s"]' % street.agent_id)).to_have_attribute("data-state", "offline")
+
+
+def test_walk_home_from_the_page_brightens_the_lights_and_light_states_show(site, mqtt_client, console_on, page):
+    from playwright.sync_api import expect
+    street, local, center = site
+    console, _, server = console_on(center, registry=street.registry_path)
+    page.goto(server.url)
+    lights_view = mqtt_client(local)
+    lights_view.subscribe("ansim/v1/dev/+/down")
+    keys = {topics.topic(l.device_id, topics.DOWN): DeviceKeys(l.key) for l in street.lights}
+    with Agent(config_module.load(street.config_path)):
+        expect(page.locator('#walk-agent option[value="%s"]' % street.agent_id)).to_have_count(1)
+        page.fill("#walk-session", "walk-17")
+        page.fill("#walk-route", "%s,%s\n%s,%s" % (*street.lights[0].position, *street.lights[-1].position))
+        page.click(".btn-walk-start")
+        expect(page.locator('.walker[data-session="walk-17"]')).to_be_visible()
+        brightened = set()
+        while len(brightened) < 2:
+            msg = lights_view.next_message(WAIT_S)
+            command = frames.unpack(msg.payload, keys[msg.topic])
+            if command.kind == "light_command" and command.fields["action"] == "brighten":
+                brightened.add(msg.topic)
+        page.click('.walk-item[data-session="walk-17"] .btn-walk-stop')
+        expect(page.locator('.walk-item[data-session="walk-17"]')).to_have_attribute("data-state", "stop")
+        restored = set()
+        while restored != brightened:
+            msg = lights_view.next_message(WAIT_S)
+            command = frames.unpack(msg.payload, keys[msg.topic])
+            if command.kind == "light_command" and command.fields["action"] == "restore":
+                restored.add(msg.topic)
+        # Light states as the agent keeps them at the center (retained, one per light).
+        state_topic, body = light("00030002", mode="blink")
+        mqtt_client(center).publish(state_topic, body, retain=True)
+        blinking = page.locator('.light[data-device="00030002"]')
+        expect(blinking).to_have_attribute("data-mode", "blink")
+        expect(blinking).to_have_class(re.compile(r"\bblinking\b"))
+
+
+def test_ansim_center_over_tls_prints_the_url_and_one_line_per_alert(tmp_path, pki, mqtt_client):
+    """The command itself: TLS with the center's certificate (its ACL of CENTER_API.md plus the
+    light states), the URL, one terminal line per alert, a clear error for a port in use."""
+    acl = center_acl("center-jung-gu") + ["topic read ansim/center/v1/+/lights/+"]
+    with MosquittoBroker(workdir=tmp_path / "center", tls=pki.server, acl=acl) as center:
+        tls = pki.client("center-jung-gu")
+        cmd = [sys.executable, "-m", "ansim_tools.cli", "center", "--port", str(center.port), "--tls",
+               "--cafile", str(tls.cafile), "--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile),
+               "--http-port", "0", "--headless"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            lines = iter(proc.stdout.readline, "")
+            url = next(m.group(1) for line in lines if (m := re.search(r"console: (http://127\.0\.0\.1:\d+/)", line)))
+            assert "connected to the center's broker" in next(lines)
+            agent = mqtt_client(center, tls=pki.client("edge-a"))
+            assert not agent.publish(alerts_topic(), alert(agent="edge-a")).is_failure
+            assert next(lines).split(" ", 1)[1].startswith("ALERT 00020001-1 bell_press 00020001")
+            port = int(url.rsplit(":", 1)[1].strip("/"))
+            busy = subprocess.run(cmd[:-3] + ["--http-port", str(port), "--headless"], capture_output=True,
+                                  text=True, timeout=WAIT_S)
+            assert busy.returncode == 2 and "is in use" in busy.stderr, busy.stderr
+        finally:
+            proc.terminate()
+            proc.wait(WAIT_S)

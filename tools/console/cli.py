@@ -1,0 +1,127 @@
+"""``ansim center``: the control-center console (see tools/console/__init__.py).
+
+    ansim center --host center.example --port 8883 --tls --cafile ca.crt --certfile center.crt \\
+        --keyfile center.key --registry site/registry.toml [--http-port 8080] [--headless]
+
+Prints the page's URL, then one line per change (alert, ack, agent, light, offline device,
+walk). Exit status 2 for a setting that cannot work (plain MQTT toward another machine without
+--allow-plaintext, bad TLS files, a bad registry, the HTTP port in use); an unreachable broker is
+retried, and said so, until Ctrl-C.
+"""
+
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("center", help="the control-center console: live alerts, a map on localhost, acks")
+    p.add_argument("--host", default="127.0.0.1", help="the center's MQTT broker (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="its port (default 8883 with --tls, else 1883)")
+    p.add_argument("--tls", action="store_true", help="TLS with a client certificate (--cafile --certfile --keyfile)")
+    p.add_argument("--cafile", help="the CA that signed the broker's certificate (PEM)")
+    p.add_argument("--certfile", help="the console's client certificate (PEM; its CN is the center's user)")
+    p.add_argument("--keyfile", help="its private key (PEM)")
+    p.add_argument("--allow-plaintext", action="store_true",
+                   help="allow plain MQTT toward a broker that is not this machine (a lab network)")
+    p.add_argument("--client-id", default="ansim-center-console",
+                   help="MQTT client id (a persistent session: alerts wait at the broker while the console restarts)")
+    p.add_argument("--registry", help="the site's registry.toml: devices, cameras and facilities on the map")
+    p.add_argument("--http-host", default="127.0.0.1", help="where the page is served (default 127.0.0.1: this machine only)")
+    p.add_argument("--http-port", type=int, default=8080, help="the page's port (default 8080; 0: any free one)")
+    p.add_argument("--headless", action="store_true", help="never open a browser (the URL is printed either way)")
+    p.set_defaults(run=run)
+
+
+def say(text):
+    print("%s %s" % (time.strftime("%H:%M:%S"), text), flush=True)
+
+
+def describe(event):
+    """One terminal line for a model event, or None for those not worth a line."""
+    kind, d = event["kind"], event["data"]
+    if kind == "alert":
+        loc = d["location"]
+        where = ("%.5f,%.5f ±%s m (%s)" % (loc["lat"], loc["lon"], "?" if loc["accuracy_m"] is None
+                                           else round(loc["accuracy_m"]), loc["source"]) if loc else "no location")
+        cams = ",".join(c["id"] for c in d["cameras"][:3]) or "-"
+        last = d["acks"][-1] if d["acks"] else None
+        acked = " ack %s->%s %s" % (last["status"], last["agent"], last["result"]) if last else ""
+        return "ALERT %s %s %s %s at %s cameras %s via %s [%s]%s" % (
+            d["alert_id"], d["type"], d["device"]["id"], d["device"]["name"], where, cams,
+            ",".join(d["agents"]), d["state"], acked)
+    if kind == "agent":
+        return "AGENT %s %s session %d" % (d["agent"], d["state"], d["session"])
+    if kind == "offline":
+        return "OFFLINE %s (%s, last heard %s) via %s" % (d["device"], d["reason"], d["last_heard"], d["agent"])
+    if kind == "online":
+        return "ONLINE %s via %s" % (d["device"], d["agent"])
+    if kind == "light":
+        return "LIGHT %s %s %d%% (commanded %d%%)%s" % (d["device"], d["mode"], d["actual_pct"], d["commanded_pct"],
+                                                       " faults %d" % d["faults"] if d["faults"] else "")
+    if kind == "walk":
+        return "WALK %s -> %s %s at %.5f,%.5f" % (d["session"], d["agent"], d["state"], *d["position"])
+    if kind == "malformed":
+        return "MALFORMED on %s (%s): ignored, %d on %s so far" % (d["topic"], d["reason"], d["count"], d["channel"])
+    return None
+
+
+def run(args):
+    from ansim_agent.config import ConfigError, is_loopback
+
+    from . import site as site_module
+    from .broker import CenterLink, ConsoleError
+    from .model import Console
+    from .web import ConsoleServer
+
+    def fail(text):
+        print("ansim center: %s" % text, file=sys.stderr)
+        return 2
+
+    port = args.port or (8883 if args.tls else 1883)
+    if not args.tls and not args.allow_plaintext and not is_loopback(args.host):
+        return fail("plain MQTT toward %s, which is not this machine, would send alerts unencrypted: use --tls "
+                    "with --cafile, --certfile and --keyfile, or --allow-plaintext on a lab network" % args.host)
+    if not args.tls and (args.cafile or args.certfile or args.keyfile):
+        return fail("--cafile, --certfile and --keyfile need --tls")
+    console = Console()
+    if args.registry:
+        try:
+            console.site = site_module.load(args.registry)
+        except ConfigError as err:
+            return fail(str(err))
+    try:
+        link = CenterLink(console, args.host, port, (args.cafile, args.certfile, args.keyfile) if args.tls else None,
+                          client_id=args.client_id, on_event=say)
+    except ConsoleError as err:
+        return fail(str(err))
+    try:
+        server = ConsoleServer((args.http_host, args.http_port), console, link)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return fail("%s:%d is in use (another console?): pick another --http-port, or 0 for any free one"
+                        % (args.http_host, args.http_port))
+        return fail("cannot serve the page on %s:%d: %s" % (args.http_host, args.http_port, err.strerror or err))
+    console.listen(lambda event: (line := describe(event)) and say(line))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.serve_in_thread()
+    link.start()
+    say("console: %s (center broker %s:%d%s%s)" % (server.url, args.host, port, ", TLS" if args.tls else ", plain",
+                                                   ", registry %s" % args.registry if args.registry else ""))
+    if not args.headless and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        import webbrowser
+        webbrowser.open(server.url)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        link.stop()
+        server.close()
+    say("console stopped")
+    return 0
