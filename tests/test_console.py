@@ -368,6 +368,8 @@ def test_walk_home_from_the_page_brightens_the_lights_and_light_states_show(site
     street, local, center = site
     console, _, server = console_on(center, registry=street.registry_path)
     page.goto(server.url)
+    requests = mqtt_client(center)
+    requests.subscribe("ansim/center/v1/agents/+/monitor")
     lights_view = mqtt_client(local)
     lights_view.subscribe("ansim/v1/dev/+/down")
     keys = {topics.topic(l.device_id, topics.DOWN): DeviceKeys(l.key) for l in street.lights}
@@ -383,6 +385,24 @@ def test_walk_home_from_the_page_brightens_the_lights_and_light_states_show(site
             command = frames.unpack(msg.payload, keys[msg.topic])
             if command.kind == "light_command" and command.fields["action"] == "brighten":
                 brightened.add(msg.topic)
+        start = json.loads(requests.next_message(WAIT_S).payload)
+        assert start["action"] == "start" and start["route"] == [list(street.lights[0].position),
+                                                                 list(street.lights[-1].position)]
+        page.click('.walk-item[data-session="walk-17"] .btn-walk-select')
+        walker = page.locator('.walker[data-session="walk-17"]')
+        expect(page.locator('.walk-item[data-session="walk-17"]')).to_have_class(re.compile(r"\bselected\b"))
+        x, y = page.evaluate("""device => {  // one synchronous look: the map may be redrawn between calls
+            const r = document.querySelector(`.light[data-device="${device}"]`).getBoundingClientRect();
+            return [r.x + r.width / 2, r.y + r.height / 2];
+        }""", street.lights[5].hex_id)
+        page.mouse.click(x, y)  # the walker is at that light now
+        update = json.loads(requests.next_message(WAIT_S).payload)
+        assert update["action"] == "update" and update["position"] == pytest.approx(street.lights[5].position, abs=2e-5)
+        page.wait_for_function("""([session, device]) => {
+            const w = document.querySelector(`.walker[data-session="${session}"]`);
+            const l = document.querySelector(`.light[data-device="${device}"]`);
+            return w && l && Math.hypot(w.cx.baseVal.value - l.cx.baseVal.value, w.cy.baseVal.value - l.cy.baseVal.value) < 3;
+        }""", arg=["walk-17", street.lights[5].hex_id], timeout=WAIT_S * 1000)  # metres on the map
         page.click('.walk-item[data-session="walk-17"] .btn-walk-stop')
         expect(page.locator('.walk-item[data-session="walk-17"]')).to_have_attribute("data-state", "stop")
         restored = set()
@@ -397,6 +417,28 @@ def test_walk_home_from_the_page_brightens_the_lights_and_light_states_show(site
         blinking = page.locator('.light[data-device="00030002"]')
         expect(blinking).to_have_attribute("data-mode", "blink")
         expect(blinking).to_have_class(re.compile(r"\bblinking\b"))
+
+
+def test_settings_that_cannot_work_are_one_line_and_status_2(tmp_path, pki, capsys):
+    from ansim_tools.cli import main
+    tls = pki.client("center-jung-gu")
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    bad_registry = tmp_path / "registry.toml"
+    bad_registry.write_text("[[device]]\nid = 7\n")
+    cases = [
+        (["--host", "192.0.2.1"], "plain MQTT toward 192.0.2.1"),
+        (["--tls", "--cafile", str(tls.cafile), "--certfile", str(tls.certfile)], "--tls needs --keyfile"),
+        (["--tls", "--cafile", str(tls.cafile), "--certfile", str(tls.certfile), "--keyfile", str(garbage)],
+         "TLS files"),
+        (["--tls", "--cafile", str(tmp_path / "none.crt"), "--certfile", str(tls.certfile), "--keyfile",
+          str(tls.keyfile)], "no such file"),
+        (["--registry", str(bad_registry)], "[[device]] #1 id: must be 8 lowercase hex digits"),
+    ]
+    for args, says in cases:
+        assert main(["center", "--http-port", "0", "--headless", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ansim center: ") and says in err and err.count("\n") == 1, err
 
 
 def test_ansim_center_over_tls_prints_the_url_and_one_line_per_alert(tmp_path, pki, mqtt_client):
