@@ -1,0 +1,196 @@
+"""Expectations of a scenario, judged from what the independent observers recorded.
+
+Why: a scenario is a test only if its outcome is checked, not eyeballed. Each expectation is
+judged from counts the runner's own subscribers made (alerts and reception reports at the
+center's broker, commands on each local broker's down topics decoded with the devices' keys,
+acks heard by the devices), and prints PASS or FAIL with the measured time or what was seen
+instead.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from . import locate
+
+
+@dataclass
+class Record:
+    """What the observers saw, with unix arrival times."""
+    alerts: list = field(default_factory=list)     # (t, center segment, body)
+    heard: list = field(default_factory=list)      # (t, body) of heard reports
+    commands: list = field(default_factory=list)   # (t, device name, Frame) to bells and lights
+    wearable_acks: list = field(default_factory=list)  # (t, device name, Frame)
+    presses: dict = field(default_factory=dict)    # alert id -> (lat, lon) where the wearable was
+
+
+class Judge:
+    """Decides each expectation as soon as it can; ``verdicts`` holds (ok, line) once decided."""
+
+    def __init__(self, scenario, record, event_times, agent_positions, start):
+        self.s, self.r, self.event_times, self.start = scenario, record, event_times, start
+        self.agent_positions = agent_positions
+        self.end = start + scenario.duration_s
+        self.verdicts = {}  # index -> (ok, text)
+
+    def decided(self):
+        return len(self.verdicts) == len(self.s.expects)
+
+    def failed(self):
+        return [text for ok, text in self.verdicts.values() if not ok]
+
+    def step(self, now, final=False):
+        for i, ex in enumerate(self.s.expects):
+            if i in self.verdicts:
+                continue
+            ref = self.start if ex.after is None else self.event_times.get(ex.after)
+            if ref is None:
+                if final:
+                    self._say(i, False, "event %r never happened" % ex.after)
+                continue
+            close = ref + ex.within_s if ex.within_s is not None else self.end
+            over = final or now >= close
+            verdict = getattr(self, "_" + ex.what)(ex, ref, close, over)
+            if verdict is not None:
+                self._say(i, *verdict)
+
+    def _say(self, i, ok, detail):
+        ex = self.s.expects[i]
+        text = "%s  line %d: %s: %s" % ("PASS" if ok else "FAIL", ex.line, ex.describe(), detail)
+        self.verdicts[i] = (ok, text)
+        print(text, flush=True)
+
+    def _rel(self, t):
+        return "+%.2f s" % (t - self.start)
+
+    # -- alerts ---------------------------------------------------------------------------
+    def _matching(self, ex, ref, close):
+        segment = self.s.district if ex.center == "district" else self.s.fallback
+        device = self.s.devices[ex.device].hex_id if ex.device else None
+        out = []
+        for t, center, body in list(self.r.alerts):
+            if center != segment or not ref <= t <= close:
+                continue
+            if ex.type and body.get("type") != ex.type:
+                continue
+            if device and body.get("device", {}).get("id") != device:
+                continue
+            if ex.agent and body.get("agent", {}).get("id") != ex.agent:
+                continue
+            out.append((t, body))
+        return out
+
+    def _seen(self):
+        shown = ["%s %s from %s at %s (%s)" % (b.get("type"), b.get("alert_id"), b.get("agent", {}).get("id"),
+                                               self._rel(t), c) for t, c, b in list(self.r.alerts)[:8]]
+        return "; ".join(shown) or "no alert at all"
+
+    def _alert(self, ex, ref, close, over):
+        found = self._matching(ex, ref, close)
+        ids = sorted({b["alert_id"] for _, b in found})
+        if ex.count is None and found:
+            t, body = found[0]
+            return True, "%.2f s (%s from %s)" % (t - ref, body["alert_id"], body.get("agent", {}).get("id"))
+        if not over:
+            return None
+        if ex.count is not None and len(ids) == ex.count:
+            copies = len(found)
+            return True, "%d distinct (%s), %d cop%s, first after %.2f s" % (
+                len(ids), ", ".join(ids), copies, "y" if copies == 1 else "ies", found[0][0] - ref)
+        if ex.count is not None:
+            return False, "%d distinct alert ids (%s); seen: %s" % (len(ids), ", ".join(ids) or "none", self._seen())
+        return False, "none arrived; seen: %s" % self._seen()
+
+    def _no_alert(self, ex, ref, close, over):
+        found = self._matching(ex, ref, close)
+        if found:
+            t, body = found[0]
+            return False, "%s arrived after %.2f s" % (body["alert_id"], t - ref)
+        return (True, "none in %.1f s" % (close - ref)) if over else None
+
+    # -- lights and acks ------------------------------------------------------------------
+    def _first_command(self, name, kind, ref, close, pick):
+        for t, device, frame in list(self.r.commands):
+            if device == name and frame.kind == kind and ref <= t <= close and pick(frame):
+                return t
+        return None
+
+    def _light(self, ex, ref, close, over):
+        times = {n: self._first_command(n, "light_command", ref, close, lambda f: f.fields["action"] == ex.action)
+                 for n in ex.devices}
+        missing = [n for n, t in times.items() if t is None]
+        if not missing:
+            return True, "%d light%s, the last after %.2f s" % (len(times), "" if len(times) == 1 else "s",
+                                                                 max(times.values()) - ref)
+        if not over:
+            return None
+        got = sorted({"%s:%s" % (d, f.fields["action"]) for t, d, f in self.r.commands
+                      if f.kind == "light_command" and ref <= t <= close})
+        return False, "no %s for %s; commands seen: %s" % (ex.action, ", ".join(missing), ", ".join(got) or "none")
+
+    def _no_light(self, ex, ref, close, over):
+        for name in ex.devices:
+            t = self._first_command(name, "light_command", ref, close, lambda f: f.fields["action"] == ex.action)
+            if t is not None:
+                return False, "%s got %s after %.2f s" % (name, ex.action, t - ref)
+        return (True, "none in %.1f s" % (close - ref)) if over else None
+
+    def _ack(self, ex, ref, close, over):
+        status_ok = lambda f: f.kind == "center_ack" and (ex.status is None or f.fields["status"] == ex.status)  # noqa
+        if self.s.devices[ex.device].role == "bell":
+            t = self._first_command(ex.device, "center_ack", ref, close, status_ok)
+        else:
+            t = next((t for t, d, f in list(self.r.wearable_acks)
+                      if d == ex.device and ref <= t <= close and status_ok(f)), None)
+        if t is not None:
+            return True, "%.2f s" % (t - ref)
+        return (False, "no center_ack%s reached %s" % (" " + ex.status if ex.status else "", ex.device)) \
+            if over else None
+
+    # -- position -------------------------------------------------------------------------
+    def _position(self, ex, ref, close, over):
+        if not over:
+            return None  # every receiver's report counts: judged when the window closes
+        device = self.s.devices[ex.device].hex_id
+        copies = [(t, b) for t, c, b in self.r.alerts if c == self.s.district and b.get("type") == ex.type
+                  and b.get("device", {}).get("id") == device and ref <= t <= close]
+        if not copies:
+            return False, "no %s of %s arrived" % (ex.type, ex.device)
+        alert_id = copies[0][1]["alert_id"]
+        truth = self.r.presses.get(alert_id)
+        if truth is None:
+            return False, "%s was not raised by a press of this scenario" % alert_id
+        result = position_accuracy(self.s.place, alert_id, [b for _, b in copies if b["alert_id"] == alert_id],
+                                   [h for _, h in self.r.heard if h.get("alert_id") == alert_id],
+                                   self.agent_positions, truth)
+        text = ("fused over %d reception%s (%s): %.0f m from the true position; the alert's own location "
+                "(%s) %.0f m" % (result["receptions"], "" if result["receptions"] == 1 else "s",
+                                 ", ".join(result["receivers"]), result["fused_error_m"],
+                                 result["single_source"], result["single_error_m"]))
+        return result["fused_error_m"] <= ex.max_error_m, text
+
+
+def position_accuracy(place, alert_id, copies, heard, agent_positions, truth):
+    """The fused estimate of one alert (its copies from agents and the heard reports) against
+    ``truth``, and the first copy's own location for comparison."""
+    receptions, receivers = [], []
+    for body in copies:
+        agent = body.get("agent", {}).get("id")
+        position = agent_positions.get(agent)
+        if position is not None:
+            receptions.append((position[0], position[1], body.get("path", {}).get("rssi")))
+            receivers.append("%s %s dBm" % (agent, body.get("path", {}).get("rssi")))
+    for report in heard:
+        pos = report.get("position") or {}
+        if "lat" in pos and "lon" in pos:
+            receptions.append((pos["lat"], pos["lon"], report.get("rssi")))
+            receivers.append("%s %s dBm" % (report.get("agent"), report.get("rssi")))
+    fused = locate.fuse(receptions)
+    location = copies[0]["location"]
+    return {"alert_id": alert_id, "receptions": len(receptions), "receivers": receivers,
+            "fused": fused, "fused_error_m": place.distance_m(fused, truth),
+            "single_source": location["source"],
+            "single_error_m": place.distance_m((location["lat"], location["lon"]), truth)}
+
+
+def now():
+    return time.time()
