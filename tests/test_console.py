@@ -131,6 +131,36 @@ def test_light_states_and_what_the_terminal_says():
                         r"\(registered\) cameras CCTV-001 via edge-a \[new\]", lines[2]), lines[2]
 
 
+def heard(alert_id, agent, lat, lon, rssi):
+    return ("ansim/center/v1/jung-gu/heard/%s" % alert_id[:8],
+            json.dumps({"alert_id": alert_id, "agent": agent, "position": {"lat": lat, "lon": lon}, "rssi": rssi,
+                        "at": 1800000000.456}).encode())
+
+
+def test_receivers_that_heard_a_wearable_without_a_fix_place_it_by_signal_strength():
+    console = Console()
+    state = "ansim/center/v1/agents/%s/state"
+    for agent in ("edge-a", "edge-b", "edge-c"):
+        console.handle(state % agent, json.dumps({"agent": agent, "state": "online", "session": 1}))
+    console.handle(*heard("00010001-12", "edge-c", 37.5663, 126.9795, -90))  # before the alert: kept
+    console.handle(alerts_topic("00010001"), alert("00010001-12", agent="edge-a", kind="sos", rssi=-60,
+                                                   lat=37.5663, lon=126.9779, accuracy=10, source="receiver"))
+    console.handle(*heard("00010001-12", "edge-b", 37.5663, 126.9789, -75))
+    view = console.snapshot()["alerts"][0]
+    assert [h["agent"] for h in view["heard"]] == ["edge-c", "edge-b"] and view["agents"] == ["edge-a"]
+    est = view["estimate"]
+    assert est["receivers"] == 3 and est["source"] == "rssi" and est["lat"] == pytest.approx(37.5663)
+    assert 126.9779 < est["lon"] < 126.9784  # nearest the strongest receiver, pulled toward the others
+    assert est["accuracy_m"] >= 10  # at least the strongest receiver's own radius
+    assert console.agents["edge-b"]["position"] == [37.5663, 126.9789]
+    assert console.ack_targets("00010001-12") == ["edge-a"]  # agents that only heard it stored no alert
+    assert "of 3 receivers" in describe({"kind": "alert", "data": view})
+    console.handle(alerts_topic("00010002"), alert("00010002-1", agent="edge-a", kind="sos", rssi=-60,
+                                                   source="gnss"))
+    console.handle(*heard("00010002-1", "edge-b", 37.5663, 126.9789, -75))
+    assert console.snapshot()["alerts"][1]["estimate"] is None  # a fix needs no estimate
+
+
 @pytest.mark.parametrize("topic, payload", [
     (alerts_topic(), b"\xff\xfe not json"),
     (alerts_topic(), b"[1, 2]"),
@@ -147,6 +177,10 @@ def test_light_states_and_what_the_terminal_says():
     ("ansim/center/v1/jung-gu/lights/00030001", light(pct=101)[1]),
     ("ansim/center/v1/jung-gu/lights/00030002", light()[1]),          # another light's topic
     ("ansim/center/v1/jung-gu/elsewhere/x", b"{}"),
+    heard("00010001-1", "edge-b", 95, 0, -70),
+    heard("00010001-1", "edge b", 37, 127, -70),
+    heard("00010001-1", "edge-b", 37, 127, "strong"),
+    ("ansim/center/v1/jung-gu/heard/00010002", heard("00010001-1", "edge-b", 37, 127, -70)[1]),
 ])
 def test_malformed_messages_are_counted_and_ignored(topic, payload):
     console = Console()
@@ -166,12 +200,14 @@ FIELDS = st.fixed_dictionaries({}, optional={
     "location": st.fixed_dictionaries({"lat": JSON | st.floats(), "lon": JSON | st.floats()}) | JSON,
     "device": JSON, "cameras": JSON, "path": JSON, "escalated_from": JSON, "state": JSON, "session": JSON,
     "mode": st.sampled_from(["blink", "off"]) | JSON, "commanded_pct": JSON, "actual_pct": JSON,
-    "faults": JSON, "last_heard": JSON, "reason": JSON})
+    "faults": JSON, "last_heard": JSON, "reason": JSON, "rssi": JSON,
+    "position": st.fixed_dictionaries({"lat": JSON | st.floats(), "lon": JSON | st.floats()}) | JSON})
 
 
 @settings(max_examples=300, deadline=None)
 @given(topic=st.sampled_from([alerts_topic(), alerts_topic(center="citywide"), "ansim/center/v1/agents/edge-a/state",
-                              "ansim/center/v1/jung-gu/lights/00030001", "ansim/center/v1/x"]),
+                              "ansim/center/v1/jung-gu/lights/00030001", "ansim/center/v1/jung-gu/heard/00020001",
+                              "ansim/center/v1/x"]),
        payload=st.binary(max_size=64) | FIELDS.map(lambda d: json.dumps(d).encode()) | JSON.map(lambda d: json.dumps(d).encode()))
 def test_any_message_is_used_or_counted_and_the_console_goes_on(topic, payload):
     console = Console()
@@ -389,7 +425,6 @@ def test_walk_home_from_the_page_brightens_the_lights_and_light_states_show(site
         assert start["action"] == "start" and start["route"] == [list(street.lights[0].position),
                                                                  list(street.lights[-1].position)]
         page.click('.walk-item[data-session="walk-17"] .btn-walk-select')
-        walker = page.locator('.walker[data-session="walk-17"]')
         expect(page.locator('.walk-item[data-session="walk-17"]')).to_have_class(re.compile(r"\bselected\b"))
         x, y = page.evaluate("""device => {  // one synchronous look: the map may be redrawn between calls
             const r = document.querySelector(`.light[data-device="${device}"]`).getBoundingClientRect();
@@ -411,12 +446,39 @@ def test_walk_home_from_the_page_brightens_the_lights_and_light_states_show(site
             command = frames.unpack(msg.payload, keys[msg.topic])
             if command.kind == "light_command" and command.fields["action"] == "restore":
                 restored.add(msg.topic)
-        # Light states as the agent keeps them at the center (retained, one per light).
+        # A light reports its state to the agent, which keeps it at the center (CENTER_API.md).
+        reporting = street.lights[3]
+        report = frames.build_plain("light_state", {"commanded_pct": 100, "actual_pct": 97, "mode": "brighten",
+                                                    "faults": 0, "last_command": 0},
+                                    DeviceKeys(reporting.key), reporting.device_id, 1)
+        mqtt_client(local).publish(topics.topic(reporting.device_id, topics.UP), report)
+        drawn = page.locator('.light[data-device="%s"]' % reporting.hex_id)
+        expect(drawn).to_have_attribute("data-mode", "brighten")
+        expect(drawn).to_have_attribute("data-level", "97")
+        # And as a retained message put there by hand: a blinking light.
         state_topic, body = light("00030002", mode="blink")
         mqtt_client(center).publish(state_topic, body, retain=True)
         blinking = page.locator('.light[data-device="00030002"]')
         expect(blinking).to_have_attribute("data-mode", "blink")
         expect(blinking).to_have_class(re.compile(r"\bblinking\b"))
+
+
+def test_a_wearable_heard_by_several_agents_is_drawn_where_their_signals_place_it(broker, mqtt_client,
+                                                                                   console_on, page):
+    from playwright.sync_api import expect
+    console, _, server = console_on(broker)
+    page.goto(server.url)
+    agents = mqtt_client(broker)
+    agents.publish(alerts_topic("00010001"), alert("00010001-3", agent="edge-a", kind="sos", rssi=-62, lat=37.5663,
+                                                   lon=126.9779, accuracy=12, source="receiver"))
+    marker = page.locator('.alert-marker[data-alert-id="00010001-3"]')
+    expect(marker).to_have_count(1)
+    agents.publish(*heard("00010001-3", "edge-b", 37.5663, 126.9790, -80))
+    expect(page.locator('.receiver-line[data-alert-id="00010001-3"]')).to_have_count(2)
+    item = page.locator('.alert-item[data-alert-id="00010001-3"]')
+    expect(item.locator(".location")).to_contain_text("RSSI")
+    expect(item.locator(".heard")).to_contain_text("edge-b (-80 dBm)")
+    expect(item.locator(".title")).to_contain_text("SOS 비상")
 
 
 def test_settings_that_cannot_work_are_one_line_and_status_2(tmp_path, pki, capsys):

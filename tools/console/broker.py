@@ -1,7 +1,7 @@
 """The console's link to the center's MQTT broker (paho, MQTT v5, QoS 1).
 
-It subscribes to every center's alerts, the agents' certificates and the streetlights'
-states, and hands each message to the :class:`~.model.Console`. The operator's actions go out
+It subscribes to every center's alerts, the agents' certificates, the streetlights' states and
+the agents' reception reports, and hands each message to the :class:`~.model.Console`. The operator's actions go out
 as CENTER_API.md says: an ack to *every* agent that reported the alert (those left out would
 escalate it), and an agent that reports an alert after the operator acted on it gets the
 latest status too; monitoring requests to the one agent that runs the walk.
@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .model import ALERTS_FILTER, LIGHTS_FILTER, ROOT, STATE_FILTER, Console
+from .model import ALERTS_FILTER, HEARD_FILTER, LIGHTS_FILTER, ROOT, STATE_FILTER, Console
 
 log = logging.getLogger("ansim.console.broker")
 
@@ -106,7 +106,7 @@ class CenterLink:
                           "for it: CENTER_API.md)" % (self.host, self.port, reason))
             return
         self._failures = 0
-        client.subscribe([(ALERTS_FILTER, 1), (STATE_FILTER, 1), (LIGHTS_FILTER, 1)])
+        client.subscribe([(ALERTS_FILTER, 1), (STATE_FILTER, 1), (LIGHTS_FILTER, 1), (HEARD_FILTER, 1)])
         self.console.set_connection("connected", "%s:%d" % (self.host, self.port))
         self.on_event("connected to the center's broker %s:%d" % (self.host, self.port))
 

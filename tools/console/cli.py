@@ -44,9 +44,11 @@ def describe(event):
     """One terminal line for a model event, or None for those not worth a line."""
     kind, d = event["kind"], event["data"]
     if kind == "alert":
-        loc = d["location"]
-        where = ("%.5f,%.5f ±%s m (%s)" % (loc["lat"], loc["lon"], "?" if loc["accuracy_m"] is None
-                                           else round(loc["accuracy_m"]), loc["source"]) if loc else "no location")
+        loc = d["estimate"] or d["location"]
+        where = ("%.5f,%.5f ±%s m (%s%s)" % (loc["lat"], loc["lon"], "?" if loc["accuracy_m"] is None
+                                             else round(loc["accuracy_m"]), loc["source"],
+                                             " of %d receivers" % loc["receivers"] if d["estimate"] else "")
+                 if loc else "no location")
         cams = ",".join(c["id"] for c in d["cameras"][:3]) or "-"
         last = d["acks"][-1] if d["acks"] else None
         acked = " ack %s->%s %s" % (last["status"], last["agent"], last["result"]) if last else ""

@@ -8,6 +8,9 @@ web page and the terminal read it.
   ``acknowledged`` / ``dispatched`` / ``resolved`` as the operator sends those acks (a state
   never goes back); ``escalated`` while a new alert's escalated copy has been seen.
 - Agents from their birth and death certificates (a stale session never overrides a newer one).
+- Reception reports (``heard``): agents that heard an alert's frame off the air after another
+  agent raised it. With the alerts' own receivers, an alert without a fix is placed at the
+  receivers' centroid weighted by signal strength (:func:`estimate`).
 - Offline devices from ``device_offline`` / ``device_online`` alerts.
 - Streetlights from the retained ``ansim/center/v1/{district}/lights/{device}`` states.
 - Walk-home sessions the operator started.
@@ -25,19 +28,24 @@ import math
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
+
+# What the agent accepts from the center is checked by the agent's own code: an ack for an id
+# it would refuse, or a walk it would refuse, is refused here already, with the same reason.
+from ansim_agent.center_messages import ALERT_ID, DEVICE_HEX, Refused, parse_monitor
+from ansim_agent.geo import MAX_RADIUS_M, PATH_LOSS_EXPONENT, RSSI_AT_1M, distance_m, radius_from_rssi
 
 ROOT = "ansim/center/v1/"
 ALERTS_FILTER = ROOT + "+/alerts/#"
 STATE_FILTER = ROOT + "agents/+/state"
 LIGHTS_FILTER = ROOT + "+/lights/+"
+HEARD_FILTER = ROOT + "+/heard/+"
+EARLY_HEARD = 1000  # reception reports kept for alerts not (yet) seen
 
-ALERT_ID = re.compile(r"^[0-9a-f]{8}-((offline|online)-)?[0-9]+$")
-DEVICE_ID = re.compile(r"^[0-9a-f]{8}$")
+DEVICE_ID = DEVICE_HEX
 SEGMENT = re.compile(r"^[^/+#\s]{1,64}$")
 AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,58}$")
-SESSION = re.compile(r"^.{1,64}$", re.S)
 
 STATES = ("new", "acknowledged", "dispatched", "resolved")
 # What the operator's actions send (CENTER_API.md's statuses), and the state each reaches.
@@ -45,12 +53,10 @@ ACTIONS = {"ack": "received", "dispatch": "dispatched", "resolve": "resolved"}
 STATUS_STATE = {"received": "acknowledged", "test-ok": "acknowledged", "dispatched": "dispatched",
                 "resolved": "resolved"}
 LIGHT_MODES = ("schedule", "blink", "brighten", "fallback", "off")
-MONITOR_ACTIONS = ("start", "update", "stop", "arrived")
-MAX_ROUTE = 1000
 
 
 class Malformed(ValueError):
-    """A message the console cannot use; the text says why."""
+    """A message the console cannot use, or an operator's request it cannot send; the text says why."""
 
 
 def _number(value, low=-math.inf, high=math.inf):
@@ -93,20 +99,6 @@ def _object(payload) -> dict:
     return body
 
 
-def check_route(route) -> list[list[float]]:
-    """A walk-home route as CENTER_API.md accepts it: 2 to 1,000 [lat, lon] points."""
-    if not isinstance(route, list) or not 2 <= len(route) <= MAX_ROUTE:
-        raise Malformed("route must be a list of 2 to %d [lat, lon] points" % MAX_ROUTE)
-    return [check_point(p) for p in route]
-
-
-def check_point(point) -> list[float]:
-    if (not isinstance(point, (list, tuple)) or len(point) != 2 or not _number(point[0], -90, 90)
-            or not _number(point[1], -180, 180)):
-        raise Malformed("a point must be [lat, lon] on the globe, got %r" % (point,))
-    return [float(point[0]), float(point[1])]
-
-
 class Console:
     """The console's state; thread-safe (paho's thread writes, HTTP threads read)."""
 
@@ -120,6 +112,7 @@ class Console:
         self.walks: dict[str, dict] = {}
         self.site: dict | None = None         # the registry's static layer (see .site)
         self.malformed: Counter[str] = Counter()
+        self._early_heard: OrderedDict[str, dict] = OrderedDict()  # alert id -> {agent: report}
         self.connection = {"state": "starting", "detail": ""}
         self._seq = 0
         self._listeners: list[Callable[[dict], None]] = []
@@ -179,6 +172,9 @@ class Console:
             if len(parts) == 3 and parts[1] == "lights":
                 channel = "lights"
                 return self._light(parts[2], _object(payload), payload)
+            if len(parts) == 3 and parts[1] == "heard":
+                channel = "heard"
+                return self._heard(parts[2], _object(payload))
             raise Malformed("not a console topic")
         except Exception as err:  # noqa: BLE001 - whatever a message does, the console goes on
             with self._lock:
@@ -220,7 +216,8 @@ class Console:
                     "fields": body.get("fields") if isinstance(body.get("fields"), dict) else {},
                     "cancels": body.get("cancels") if isinstance(body.get("cancels"), str) else None,
                     "first_seen": now, "status": None, "escalated": False, "escalated_from": None,
-                    "reports": {}, "acks": [], "copies": 0}
+                    "reports": {}, "heard": self._early_heard.pop(alert_id, {}), "estimate": None,
+                    "acks": [], "copies": 0}
             alert["copies"] += 1
             changed = new
             if alert["location"] is None and location is not None:
@@ -234,8 +231,11 @@ class Console:
                            "transport": path.get("transport") if isinstance(path.get("transport"), str) else None})
             if center not in report["centers"]:
                 report["centers"].append(center)
-            if location is not None and location.get("source") == "receiver" and agent_id in self.agents:
-                self.agents[agent_id]["position"] = [location["lat"], location["lon"]]
+            if location is not None and location.get("source") == "receiver":
+                self._agent_position(agent_id, location)
+            estimate = self._estimate(alert)
+            if estimate != alert["estimate"]:
+                alert["estimate"], changed = estimate, True
             self._offline_from(kind, device, alert_id, body, agent_id)
             view = self._alert_view(alert)
             if changed or new_agent:
@@ -254,6 +254,56 @@ class Console:
         elif kind == "device_online" and device in self.offline:
             del self.offline[device]
             self._emit("online", {"device": device, "alert_id": alert_id, "agent": agent_id})
+
+    def _heard(self, device: str, body: dict) -> dict | None:
+        alert_id, agent_id, rssi = body.get("alert_id"), body.get("agent"), body.get("rssi")
+        if not isinstance(alert_id, str) or not ALERT_ID.match(alert_id) or device != alert_id.split("-", 1)[0]:
+            raise Malformed("alert_id %r on the topic of %s" % (alert_id, device))
+        if not isinstance(agent_id, str) or not AGENT_ID.match(agent_id):
+            raise Malformed("agent must be an agent id, got %r" % (agent_id,))
+        position = _location(dict(body.get("position"), accuracy_m=None) if isinstance(body.get("position"), dict)
+                             else "missing")
+        if rssi is not None and not _number(rssi, -200, 20):
+            raise Malformed("rssi must be dBm or null")
+        report = {"agent": agent_id, "lat": position["lat"], "lon": position["lon"], "rssi": rssi,
+                  "at": body.get("at") if _number(body.get("at")) else None}
+        with self._lock:
+            self._agent_position(agent_id, position)
+            alert = self.alerts.get(alert_id)
+            if alert is None:  # the report came before the alert: kept a while
+                self._early_heard.setdefault(alert_id, {})[agent_id] = report
+                self._early_heard.move_to_end(alert_id)
+                while len(self._early_heard) > EARLY_HEARD:
+                    self._early_heard.popitem(last=False)
+                return None
+            if alert["heard"].get(agent_id) == report:
+                return None
+            alert["heard"][agent_id] = report
+            alert["estimate"] = self._estimate(alert)
+            view = self._alert_view(alert)
+            self._emit("alert", view)
+            return {"alert": view, "new": False, "new_agent": None}
+
+    def _agent_position(self, agent_id, location):
+        agent = self.agents.get(agent_id)
+        if agent is not None and agent.get("position") != [location["lat"], location["lon"]]:
+            agent["position"] = [location["lat"], location["lon"]]
+            self._emit("agent", dict(agent))
+
+    @staticmethod
+    def _estimate(alert: dict) -> dict | None:
+        """Every receiver of an alert without its own fix: the agents that raised it (located at
+        the receiver) and those that reported hearing it; see :func:`estimate`."""
+        receivers = {}
+        for agent_id, report in alert["reports"].items():
+            location = report["location"]
+            if location is not None and location["source"] == "receiver":
+                receivers[agent_id] = (location["lat"], location["lon"], report["rssi"])
+        if not receivers and alert["location"] is not None and alert["location"]["source"] != "receiver":
+            return None  # a fix or a registered position: nothing to improve
+        for agent_id, report in alert["heard"].items():
+            receivers[agent_id] = (report["lat"], report["lon"], report["rssi"])
+        return estimate(list(receivers.values())) if len(receivers) >= 2 else None
 
     def _certificate(self, agent_id: str, body: dict) -> dict:
         if not AGENT_ID.match(agent_id):
@@ -359,37 +409,57 @@ class Console:
 
     def monitor_request(self, body: dict) -> tuple[str, dict]:
         """Check an operator's monitoring request ``{"agent", "session", "action", "route",
-        "position"}``; returns (agent id, the request as CENTER_API.md has it)."""
+        "position"}`` as the agent will (CENTER_API.md), and that an update, stop or arrived
+        names an active session; returns (agent id, the request to publish)."""
         if not isinstance(body, dict):
             raise Malformed("a JSON object is needed")
-        session, action = body.get("session"), body.get("action")
-        if not isinstance(session, str) or not SESSION.match(session):
-            raise Malformed("session must be 1 to 64 characters")
-        if action not in MONITOR_ACTIONS:
-            raise Malformed("action must be one of %s" % ", ".join(MONITOR_ACTIONS))
+        try:
+            checked = parse_monitor(json.dumps({k: body.get(k) for k in ("session", "action", "route", "position")}))
+        except Refused as err:
+            raise Malformed(str(err)) from None
+        session, action = checked["session"], checked["action"]
         with self._lock:
             walk = self.walks.get(session)
         agent_id = body.get("agent") or (walk or {}).get("agent")
         if not isinstance(agent_id, str) or not AGENT_ID.match(agent_id):
-            raise Malformed("agent must be an agent id")
-        request = {"session": session, "action": action}
-        if action == "start":
-            request["route"] = check_route(body.get("route"))
-            if body.get("position") is not None:
-                request["position"] = check_point(body["position"])
-        elif walk is None or walk["state"] != "active":
+            raise Malformed("agent must be an agent id, got %r" % (agent_id,))
+        if action != "start" and (walk is None or walk["state"] != "active"):
             raise Malformed("no active walk-home session %r" % session)
-        elif action == "update":
-            request["position"] = check_point(body.get("position"))
+        if action == "update" and checked["position"] is None:
+            raise Malformed("an update needs the walker's position")
+        request = {"session": session, "action": action}
+        if checked["route"] is not None:
+            request["route"] = [list(p) for p in checked["route"]]
+        if checked["position"] is not None and action in ("start", "update"):
+            request["position"] = list(checked["position"])
         return agent_id, request
 
     @staticmethod
     def _alert_view(alert: dict) -> dict:
         view = dict(alert)
         view["reports"] = list(alert["reports"].values())
+        view["heard"] = list(alert["heard"].values())
         view["agents"] = list(alert["reports"])
         view["state"] = alert_state(alert)
         return view
+
+
+def estimate(receivers) -> dict:
+    """Where the receivers ``[(lat, lon, rssi or None)]`` place a transmitter: their centroid,
+    each weighted 1/d^2 with d the distance the agent's path-loss model (edge_agent/geo.py)
+    gives for that RSSI (stronger = nearer = heavier; no RSSI: as far as BLE reaches).
+    ``accuracy_m`` is conservative: the circle around the estimate that holds the strongest
+    receiver's whole accuracy circle."""
+    distances = [MAX_RADIUS_M if rssi is None else max(1.0, 10 ** ((RSSI_AT_1M - rssi) / (10 * PATH_LOSS_EXPONENT)))
+                 for _, _, rssi in receivers]
+    weights = [1.0 / d ** 2 for d in distances]
+    radii = [radius_from_rssi(rssi) for _, _, rssi in receivers]
+    total = sum(weights)
+    lat = sum(w * r[0] for w, r in zip(weights, receivers)) / total
+    lon = sum(w * r[1] for w, r in zip(weights, receivers)) / total
+    best = min(range(len(receivers)), key=distances.__getitem__)
+    accuracy = distance_m((lat, lon), receivers[best][:2]) + radii[best]
+    return {"lat": lat, "lon": lon, "accuracy_m": round(accuracy, 1), "source": "rssi", "receivers": len(receivers)}
 
 
 def alert_state(alert: dict) -> str:

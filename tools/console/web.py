@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import urlsplit
 
-from .model import ALERT_ID, Malformed
+from .model import ALERT_ID
 
 log = logging.getLogger("ansim.console.web")
 
@@ -163,6 +163,6 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(HTTPStatus.ACCEPTED, link.monitor(body))
         except KeyError as err:
             return self._json(HTTPStatus.NOT_FOUND, {"error": "unknown: %s" % err})
-        except Malformed as err:
+        except ValueError as err:  # model.Malformed: the text says why
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         self._json(HTTPStatus.NOT_FOUND, {"error": "no such action"})

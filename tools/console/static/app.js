@@ -54,6 +54,11 @@ function scheduleRender() {
   setTimeout(() => { renderPending = false; render(); }, 0);
 }
 
+// Where an alert is: the receivers' RSSI-weighted estimate when several heard it without a fix.
+function where(a) {
+  return a.estimate || a.location;
+}
+
 // -- projection ------------------------------------------------------------------------------
 
 function points() {
@@ -62,7 +67,11 @@ function points() {
   for (const list of [site.devices, site.cameras, site.facilities]) {
     for (const p of list) if (p.lat !== undefined) pts.push([p.lat, p.lon, 0]);
   }
-  for (const a of state.alerts) if (a.location) pts.push([a.location.lat, a.location.lon, a.location.accuracy_m || 0]);
+  for (const a of state.alerts) {
+    const loc = where(a);
+    if (loc) pts.push([loc.lat, loc.lon, loc.accuracy_m || 0]);
+    for (const h of a.heard) pts.push([h.lat, h.lon, 0]);
+  }
   for (const a of state.agents) if (a.position) pts.push([a.position[0], a.position[1], 0]);
   for (const w of state.walks) for (const p of w.route) pts.push([p[0], p[1], 0]);
   return pts;
@@ -179,10 +188,20 @@ function renderMap() {
     label(layers.walks, x + 9 * px, y + 4 * px, "귀가 " + w.session, 11 * px);
   }
   for (const a of state.alerts) {
-    if (!a.location) continue;
-    const [x, y] = P(a.location.lat, a.location.lon);
-    if (a.location.accuracy_m) {
-      el("circle", { class: "accuracy-circle", "data-alert-id": a.alert_id, cx: x, cy: y, r: a.location.accuracy_m,
+    const loc = where(a);
+    if (!loc) continue;
+    const [x, y] = P(loc.lat, loc.lon);
+    if (a.estimate) {  // a line from each receiver that heard it
+      const receivers = a.reports.filter((r) => r.location && r.location.source === "receiver")
+        .map((r) => [r.agent, r.location.lat, r.location.lon]).concat(a.heard.map((h) => [h.agent, h.lat, h.lon]));
+      for (const [agent, lat, lon] of receivers) {
+        const [rx, ry] = P(lat, lon);
+        el("line", { class: "receiver-line", "data-alert-id": a.alert_id, "data-agent": agent, x1: rx, y1: ry, x2: x, y2: y,
+          "stroke-width": 1.5 * px }, layers.accuracy);
+      }
+    }
+    if (loc.accuracy_m) {
+      el("circle", { class: "accuracy-circle", "data-alert-id": a.alert_id, cx: x, cy: y, r: loc.accuracy_m,
         "stroke-width": 1.5 * px }, layers.accuracy);
     }
     const g = el("g", { class: `alert-marker state-${a.state}`, id: "alert-marker-" + a.alert_id,
@@ -204,7 +223,8 @@ function text(tag, content, cls) {
 function fmtPos(loc) {
   if (!loc) return "위치 없음 (no location)";
   const acc = loc.accuracy_m === null || loc.accuracy_m === undefined ? "?" : Math.round(loc.accuracy_m);
-  return `${loc.lat.toFixed(5)}, ${loc.lon.toFixed(5)} ±${acc} m (${loc.source || "?"})`;
+  const source = loc.source === "rssi" ? `수신 세기 추정 RSSI estimate, ${loc.receivers} receivers` : loc.source || "?";
+  return `${loc.lat.toFixed(5)}, ${loc.lon.toFixed(5)} ±${acc} m (${source})`;
 }
 
 function button(cls, content, onClick, disabled) {
@@ -228,11 +248,14 @@ function renderAlerts() {
     li.appendChild(text("span", STATE_LABELS[a.state] || a.state, "state"));
     li.appendChild(text("div", `${TYPE_LABELS[a.type] || a.type} · ${a.device.name} (${a.device.id})`, "title"));
     li.appendChild(text("div", `${a.alert_id} · ${new Date(a.first_seen * 1000).toLocaleTimeString("ko-KR")}`, "detail"));
-    li.appendChild(text("div", "위치 " + fmtPos(a.location), "detail location"));
+    li.appendChild(text("div", "위치 " + fmtPos(where(a)), "detail location"));
     if (a.cameras.length) {
       li.appendChild(text("div", "CCTV " + a.cameras.map((c) => `${c.name} ${c.distance_m === null ? "" : Math.round(c.distance_m) + " m"}`).join(", "), "detail cameras"));
     }
     li.appendChild(text("div", "에이전트 " + a.reports.map((r) => r.agent + (r.rssi === null ? "" : ` (${r.rssi} dBm)`)).join(", "), "detail reports"));
+    if (a.heard.length) {
+      li.appendChild(text("div", "수신 heard " + a.heard.map((h) => h.agent + (h.rssi === null ? "" : ` (${h.rssi} dBm)`)).join(", "), "detail heard"));
+    }
     if (a.escalated) li.appendChild(text("div", `상급 이관: ${a.escalated_from} 미확인 (escalated)`, "detail"));
     if (a.acks.length) {
       li.appendChild(text("div", "보낸 확인 " + a.acks.map((k) => `${k.status}→${k.agent}: ${k.result}`).join(", "), "detail acks"));
@@ -328,11 +351,12 @@ function prefillWalk(alert) {
   const agent = alert.agents[0];
   document.getElementById("walk-agent").value = agent;
   document.getElementById("walk-session").value = "walk-" + alert.device.id;
-  if (alert.location) {
+  const loc = where(alert);
+  if (loc) {
     const route = document.getElementById("walk-route");
     const lines = route.value.split("\n").filter((l) => l.trim());
-    const home = lines.length ? lines[lines.length - 1] : `${alert.location.lat},${alert.location.lon}`;
-    route.value = `${alert.location.lat},${alert.location.lon}\n${home}`;
+    const home = lines.length ? lines[lines.length - 1] : `${loc.lat},${loc.lon}`;
+    route.value = `${loc.lat},${loc.lon}\n${home}`;
   }
 }
 
