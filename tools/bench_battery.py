@@ -149,7 +149,12 @@ def integrate(events, start, end, currents=None):
 
 
 def subtract(a, b):
-    return {k: a[k] - b[k] if k != "advert_bytes" else a[k] for k in a}
+    """Counts of ``a`` less those of ``b`` (a stretch within it); float dust below 1e-9 is 0."""
+    out = {}
+    for k in a:
+        v = a[k] if k == "advert_bytes" else a[k] - b[k]
+        out[k] = 0.0 if isinstance(v, float) and abs(v) < 1e-9 else v
+    return out
 
 
 def life(charge_mas_per_week, capacity_mah=CAPACITY_MAH):
