@@ -503,16 +503,35 @@ def test_settings_that_cannot_work_are_one_line_and_status_2(tmp_path, pki, caps
         assert err.startswith("ansim center: ") and says in err and err.count("\n") == 1, err
 
 
+def test_terminal_commands_do_what_the_buttons_do():
+    from ansim_tools.console.cli import command
+    console = Console()
+    said = []
+    link = CenterLink(console, "127.0.0.1", 1, on_event=said.append)  # never started: acks are queued
+    console.handle(alerts_topic(), alert(agent="edge-a"))
+    assert command(link, console, "dispatch 00020001-1") == "sent dispatched of 00020001-1 to edge-a"
+    assert said == ["ack of 00020001-1 to edge-a queued: the broker is not connected"]
+    assert console.snapshot()["alerts"][0]["state"] == "dispatched"
+    assert command(link, console, "ack 00020001-9") == "unknown alert or session '00020001-9'"
+    assert command(link, console, "walk start w1 edge-a 37.5663,126.9779 37.5663,126.9799") == "walk w1 start sent to edge-a"
+    assert command(link, console, "walk update w1 37.5663,126.9789") == "walk w1 update sent to edge-a"
+    assert command(link, console, "walk stop w1") == "walk w1 stop sent to edge-a"
+    assert command(link, console, "walk update w1 37.5663,126.9789").startswith("refused: no active walk-home session")
+    assert command(link, console, "walk start w2 edge-a 37.5663,126.9779").startswith("refused: route must be")
+    assert command(link, console, "alerts").startswith("ALERT 00020001-1")
+    assert command(link, console, "help").startswith("commands:")
+    assert command(link, console, "") is None
+
+
 def test_ansim_center_over_tls_prints_the_url_and_one_line_per_alert(tmp_path, pki, mqtt_client):
-    """The command itself: TLS with the center's certificate (its ACL of CENTER_API.md plus the
-    light states), the URL, one terminal line per alert, a clear error for a port in use."""
-    acl = center_acl("center-jung-gu") + ["topic read ansim/center/v1/+/lights/+"]
+    """The command itself: TLS with the center's certificate (its ACL of CENTER_API.md), the URL, one terminal line per alert, a clear error for a port in use."""
+    acl = center_acl("center-jung-gu")
     with MosquittoBroker(workdir=tmp_path / "center", tls=pki.server, acl=acl) as center:
         tls = pki.client("center-jung-gu")
         cmd = [sys.executable, "-m", "ansim_tools.cli", "center", "--port", str(center.port), "--tls",
                "--cafile", str(tls.cafile), "--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile),
                "--http-port", "0", "--headless"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             lines = iter(proc.stdout.readline, "")
             url = next(m.group(1) for line in lines if (m := re.search(r"console: (http://127\.0\.0\.1:\d+/)", line)))
@@ -520,6 +539,11 @@ def test_ansim_center_over_tls_prints_the_url_and_one_line_per_alert(tmp_path, p
             agent = mqtt_client(center, tls=pki.client("edge-a"))
             assert not agent.publish(alerts_topic(), alert(agent="edge-a")).is_failure
             assert next(lines).split(" ", 1)[1].startswith("ALERT 00020001-1 bell_press 00020001")
+            agent.subscribe("ansim/center/v1/agents/edge-a/ack")
+            proc.stdin.write("ack 00020001-1\n")  # the terminal's commands do what the buttons do
+            proc.stdin.flush()
+            ack = agent.next_message(WAIT_S)
+            assert json.loads(ack.payload) == {"alert_id": "00020001-1", "status": "received"}
             port = int(url.rsplit(":", 1)[1].strip("/"))
             busy = subprocess.run(cmd[:-3] + ["--http-port", str(port), "--headless"], capture_output=True,
                                   text=True, timeout=WAIT_S)

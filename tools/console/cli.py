@@ -4,7 +4,7 @@
         --keyfile center.key --registry site/registry.toml [--http-port 8080] [--headless]
 
 Prints the page's URL, then one line per change (alert, ack, agent, light, offline device,
-walk). Exit status 2 for a setting that cannot work (plain MQTT toward another machine without
+walk). Commands typed on the terminal do what the page's buttons do (``help`` lists them). Exit status 2 for a setting that cannot work (plain MQTT toward another machine without
 --allow-plaintext, bad TLS files, a bad registry, the HTTP port in use); an unreachable broker is
 retried, and said so, until Ctrl-C.
 """
@@ -71,6 +71,49 @@ def describe(event):
     return None
 
 
+COMMANDS = """commands:
+  ack ID | dispatch ID | resolve ID          acknowledge, dispatch, resolve alert ID (to every agent that reported it)
+  walk start SESSION AGENT LAT,LON LAT,LON...   start walk-home monitoring along the route
+  walk update SESSION LAT,LON | walk stop SESSION | walk arrived SESSION
+  alerts                                     the open alerts"""
+
+
+def command(link, console, line):
+    """One terminal command; returns the line to print."""
+    words = line.split()
+    if not words:
+        return None
+    try:
+        if words[0] in ("ack", "dispatch", "resolve") and len(words) == 2:
+            sent = link.act(words[1], words[0])
+            return "sent %s of %s to %s" % (sent["status"], sent["alert_id"], ", ".join(sent["agents"]) or "no agent")
+        if words[0] == "walk" and len(words) >= 3:
+            action, session = words[1], words[2]
+            body = {"session": session, "action": action}
+            if action == "start" and len(words) >= 4:
+                body["agent"] = words[3]
+                body["route"] = [[float(v) for v in p.split(",")] for p in words[4:]]
+            elif action == "update" and len(words) == 4:
+                body["position"] = [float(v) for v in words[3].split(",")]
+            walk = link.monitor(body)
+            return "walk %s %s sent to %s" % (walk["session"], action, walk["agent"])
+        if words == ["alerts"]:
+            open_ = [a for a in console.snapshot()["alerts"] if a["state"] != "resolved"]
+            return "\n".join(describe({"kind": "alert", "data": a}) for a in open_) or "no open alerts"
+    except KeyError as err:
+        return "unknown alert or session %s" % err
+    except ValueError as err:
+        return "refused: %s" % err
+    return COMMANDS
+
+
+def _read_commands(link, console):
+    for line in sys.stdin:  # ends at EOF (no terminal): the page still works
+        answer = command(link, console, line)
+        if answer:
+            print(answer, flush=True)
+
+
 def run(args):
     from ansim_agent.config import ConfigError, is_loopback
 
@@ -112,6 +155,7 @@ def run(args):
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.serve_in_thread()
     link.start()
+    threading.Thread(target=_read_commands, args=(link, console), name="console-commands", daemon=True).start()
     say("console: %s (center broker %s:%d%s%s)" % (server.url, args.host, port, ", TLS" if args.tls else ", plain",
                                                    ", registry %s" % args.registry if args.registry else ""))
     if not args.headless and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
