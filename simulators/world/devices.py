@@ -191,8 +191,11 @@ class Wearable:
     id, advertised from its current position (which a walk moves) until the center's ack is
     heard or ``ADVERTISE_S`` passes."""
 
-    def __init__(self, spec, key, counters, air):
+    def __init__(self, spec, key, counters, air, on_air=None):
+        """``on_air(advertiser, wearable)``: called before its advertiser first sends, so the
+        air's RSSI model places the very first advertisement too."""
         self.spec, self.keys, self.counters, self.air = spec, DeviceKeys(key), counters, air
+        self.on_air = on_air
         self.position = spec.position
         self.advertiser = None
         self.last_sos = None
@@ -220,7 +223,10 @@ class Wearable:
     def advertise(self, data):
         air = self.air
         if self.advertiser is None:
-            self.advertiser = air.call(air.air.add_advertiser(data, interval_ms=ADVERTISE_MS))
+            self.advertiser = air.call(air.air.add_advertiser(data, interval_ms=ADVERTISE_MS, start=False))
+            if self.on_air is not None:
+                self.on_air(self.advertiser, self)
+            air.call(self.advertiser.start())
         else:
             air.call(self.advertiser.update(data))
             air.call(self.advertiser.start())

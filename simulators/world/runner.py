@@ -212,7 +212,7 @@ class World:
         for name, spec in self.s.devices.items():
             key = self.keys[name]
             if spec.role == "wearable":
-                self.devices[name] = dev.Wearable(spec, key, self.counters, self.air)
+                self.devices[name] = dev.Wearable(spec, key, self.counters, self.air, on_air=self.advertisers.__setitem__)
                 continue
             cls = dev.Bell if spec.role == "bell" else dev.Light
             device = self.devices[name] = cls(spec, key, self.counters)
@@ -344,7 +344,8 @@ class World:
         agent_positions = {a.id: a.position for a in self.s.agents}
         judge = Judge(self.s, self.record, self.event_times, agent_positions, start_wall)
         pending = list(self.s.events)
-        beats = {name: start + d.spec.heartbeat_s for name, d in self.devices.items() if isinstance(d, dev.Fixed)}
+        # a bell or light says something as it starts (as the firmware's first heartbeat), then every heartbeat_s
+        beats = {name: start for name, d in self.devices.items() if isinstance(d, dev.Fixed)}
         while True:
             now = time.monotonic()
             elapsed = now - start
@@ -381,7 +382,6 @@ class World:
             device = self.devices[ev.device]
             if isinstance(device, dev.Wearable):
                 counter = device.press(ev.button)
-                self.advertisers[device.advertiser] = device
                 self.record.presses["%s-%d" % (device.spec.hex_id, counter)] = device.position
             else:
                 device.press()
