@@ -539,6 +539,8 @@ def test_ansim_center_over_tls_prints_the_url_and_one_line_per_alert(tmp_path, p
             agent = mqtt_client(center, tls=pki.client("edge-a"))
             assert not agent.publish(alerts_topic(), alert(agent="edge-a")).is_failure
             assert next(lines).split(" ", 1)[1].startswith("ALERT 00020001-1 bell_press 00020001")
+            assert not agent.publish(*light("00030001", mode="blink"), retain=True).is_failure
+            assert next(lines).split(" ", 1)[1] == "LIGHT 00030001 blink 100% (commanded 100%)\n"
             agent.subscribe("ansim/center/v1/agents/edge-a/ack")
             proc.stdin.write("ack 00020001-1\n")  # the terminal's commands do what the buttons do
             proc.stdin.flush()

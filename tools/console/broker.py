@@ -26,6 +26,7 @@ from .model import ALERTS_FILTER, HEARD_FILTER, LIGHTS_FILTER, ROOT, STATE_FILTE
 
 log = logging.getLogger("ansim.console.broker")
 
+FILTERS = (ALERTS_FILTER, STATE_FILTER, LIGHTS_FILTER, HEARD_FILTER)
 SESSION_EXPIRY_S = 24 * 3600  # alerts that arrive while the console restarts wait at the broker
 
 
@@ -82,6 +83,7 @@ class CenterLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         self.client = client
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -106,9 +108,15 @@ class CenterLink:
                           "for it: CENTER_API.md)" % (self.host, self.port, reason))
             return
         self._failures = 0
-        client.subscribe([(ALERTS_FILTER, 1), (STATE_FILTER, 1), (LIGHTS_FILTER, 1), (HEARD_FILTER, 1)])
+        client.subscribe(list(zip(FILTERS, (1,) * len(FILTERS))))
         self.console.set_connection("connected", "%s:%d" % (self.host, self.port))
         self.on_event("connected to the center's broker %s:%d" % (self.host, self.port))
+
+    def _on_subscribe(self, _client, _userdata, _mid, reasons, _props):
+        for topic, reason in zip(FILTERS, reasons):
+            if reason.is_failure:
+                self.on_event("the broker refused the console's subscription to %s: %s (the center's ACL "
+                              "lines are in CENTER_API.md)" % (topic, reason))
 
     def _on_connect_fail(self, _client, _userdata):
         self._failures += 1

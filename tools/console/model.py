@@ -171,7 +171,7 @@ class Console:
                 return self._alert(parts[0], parts[2], _object(payload))
             if len(parts) == 3 and parts[1] == "lights":
                 channel = "lights"
-                return self._light(parts[2], _object(payload), payload)
+                return self._light(parts[2], _object(payload))
             if len(parts) == 3 and parts[1] == "heard":
                 channel = "heard"
                 return self._heard(parts[2], _object(payload))
@@ -324,7 +324,7 @@ class Console:
                 self._emit("agent", entry)
             return entry
 
-    def _light(self, device: str, body: dict, payload) -> dict | None:
+    def _light(self, device: str, body: dict) -> dict | None:
         if not DEVICE_ID.match(device) or body.get("device") != device:
             raise Malformed("light state of %r on the topic of %s" % (body.get("device"), device))
         if body.get("mode") not in LIGHT_MODES:

@@ -121,15 +121,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(self._event("snapshot", snapshot))
+            idle = 0.0
             while not self.server.closing.is_set():
                 try:
                     event = events.get(timeout=0.5)
                 except queue.Empty:
-                    self._idle = getattr(self, "_idle", 0) + 0.5
-                    if self._idle >= KEEPALIVE_S:
-                        self._idle = 0
+                    idle += 0.5
+                    if idle >= KEEPALIVE_S:  # a dead page shows as a failed write
+                        idle = 0.0
                         self.wfile.write(b": keepalive\n\n")
                     continue
+                idle = 0.0
                 if event["seq"] > snapshot["seq"]:
                     self.wfile.write(self._event("change", event))
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
