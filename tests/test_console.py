@@ -370,6 +370,7 @@ def test_a_bell_press_on_the_map_within_a_second_and_the_operator_acks_to_the_be
         expect(item.locator(".title")).to_contain_text("비상벨")
         expect(item.locator(".cameras")).to_contain_text("CCTV-001")
         expect(page.locator('.accuracy-circle[data-alert-id="%s"]' % alert_id)).to_have_count(1)
+        expect(page).to_have_title(re.compile(r"^\(1\) 안심 관제"))  # seen from another tab too
         assert "NanumGothic" in fonts_of(page, '.alert-item[data-alert-id="%s"] .title' % alert_id)
 
         shot = page.screenshot(path=str(tmp_path / "console.png"), animations="disabled")
@@ -396,6 +397,7 @@ def test_a_bell_press_on_the_map_within_a_second_and_the_operator_acks_to_the_be
             assert relayed.fields == {"acked_counter": 1, "status": status}
         expect(marker).to_have_attribute("data-state", "resolved")
         expect(item.locator(".btn-resolve")).to_be_disabled()
+        expect(page).to_have_title(re.compile(r"^안심 관제"))
     expect(page.locator('.agent-item[data-agent="%s"]' % street.agent_id)).to_have_attribute("data-state", "offline")
 
 

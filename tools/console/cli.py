@@ -28,7 +28,8 @@ def add_parser(subparsers):
     p.add_argument("--allow-plaintext", action="store_true",
                    help="allow plain MQTT toward a broker that is not this machine (a lab network)")
     p.add_argument("--client-id", default="ansim-center-console",
-                   help="MQTT client id (a persistent session: alerts wait at the broker while the console restarts)")
+                   help="MQTT client id: a persistent session, so alerts wait at the broker (a day) while the "
+                        "console restarts; each console needs its own")
     p.add_argument("--registry", help="the site's registry.toml: devices, cameras and facilities on the map")
     p.add_argument("--http-host", default="127.0.0.1", help="where the page is served (default 127.0.0.1: this machine only)")
     p.add_argument("--http-port", type=int, default=8080, help="the page's port (default 8080; 0: any free one)")

@@ -281,6 +281,8 @@ function renderSide() {
   const open = state.alerts.filter((a) => a.state !== "resolved").length;
   const bad = Object.values(state.malformed).reduce((s, n) => s + n, 0);
   document.getElementById("counts").textContent = `미해결 ${open} open · 오류 메시지 ${bad} malformed`;
+  const fresh = state.alerts.filter((a) => a.state === "new" || a.state === "escalated").length;
+  document.title = (fresh ? `(${fresh}) ` : "") + "안심 관제 콘솔 · ansim control center";
   const agents = document.getElementById("agents");
   agents.replaceChildren(...state.agents.map((a) => {
     const li = text("li", `${a.state === "online" ? "●" : "○"} ${a.agent} ${a.state} (session ${a.session}${a.site ? ", " + a.site : ""})`, "agent-item");
