@@ -102,6 +102,20 @@ def test_states_move_forward_only_and_escalation_shows_until_acted_on():
         console.status_for("00010001-5", "ack")
 
 
+def test_a_console_that_runs_for_months_forgets_the_oldest_resolved_alerts(monkeypatch):
+    from ansim_tools.console import model
+    monkeypatch.setattr(model, "MAX_ALERTS", 3)
+    console = Console()
+    gone = []
+    console.listen(lambda e: e["kind"] == "forget" and gone.append(e["data"]["alert_id"]))
+    for counter in range(1, 4):
+        console.handle(alerts_topic(), alert("00020001-%d" % counter))
+    console.ack_sent("00020001-2", "resolved", "edge-a")
+    console.handle(alerts_topic(), alert("00020001-4"))
+    console.handle(alerts_topic(), alert("00020001-5"))
+    assert gone == ["00020001-2", "00020001-1"] and list(console.alerts) == ["00020001-3", "00020001-4", "00020001-5"]
+
+
 def test_offline_and_online_devices_and_agents_from_their_certificates():
     console = Console()
     console.handle(alerts_topic("00030002"), alert("00030002-offline-1700000000000", kind="device_offline",

@@ -42,6 +42,7 @@ STATE_FILTER = ROOT + "agents/+/state"
 LIGHTS_FILTER = ROOT + "+/lights/+"
 HEARD_FILTER = ROOT + "+/heard/+"
 EARLY_HEARD = 1000  # reception reports kept for alerts not (yet) seen
+MAX_ALERTS = 2000   # then the oldest resolved alerts (else the oldest) are forgotten
 
 DEVICE_ID = DEVICE_HEX
 SEGMENT = re.compile(r"^[^/+#\s]{1,64}$")
@@ -218,6 +219,7 @@ class Console:
                     "first_seen": now, "status": None, "escalated": False, "escalated_from": None,
                     "reports": {}, "heard": self._early_heard.pop(alert_id, {}), "estimate": None,
                     "acks": [], "copies": 0}
+                self._forget_old()
             alert["copies"] += 1
             changed = new
             if alert["location"] is None and location is not None:
@@ -241,6 +243,14 @@ class Console:
             if changed or new_agent:
                 self._emit("alert", view)
             return {"alert": view, "new": new, "new_agent": agent_id if new_agent else None}
+
+    def _forget_old(self):
+        """A console runs for months: past MAX_ALERTS, the oldest resolved alert goes (the
+        oldest of all when none is resolved), and the page is told."""
+        while len(self.alerts) > MAX_ALERTS:
+            gone = next((i for i, a in self.alerts.items() if a["status"] == "resolved"), next(iter(self.alerts)))
+            del self.alerts[gone]
+            self._emit("forget", {"alert_id": gone})
 
     def _offline_from(self, kind, device, alert_id, body, agent_id):
         if kind == "device_offline":

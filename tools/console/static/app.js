@@ -10,6 +10,7 @@ const TYPE_LABELS = {
   low_battery: "배터리 부족", monitor: "귀가 요청", lamp_fault: "가로등 고장",
   device_offline: "장치 꺼짐", device_online: "장치 복귀",
 };
+const LIST_MAX = 200;  // alerts in the list: open ones first, then the newest
 const STATE_LABELS = {
   new: "신규 new", acknowledged: "확인됨 acknowledged", dispatched: "출동 dispatched",
   resolved: "해결 resolved", escalated: "이관 escalated",
@@ -40,6 +41,7 @@ function apply(event) {
     case "agent": byKey(state.agents, "agent", d); break;
     case "light": byKey(state.lights, "device", d); break;
     case "walk": byKey(state.walks, "session", d); break;
+    case "forget": state.alerts = state.alerts.filter((a) => a.alert_id !== d.alert_id); break;
     case "offline": byKey(state.offline, "device", d); break;
     case "online": state.offline = state.offline.filter((o) => o.device !== d.device); break;
     case "malformed": state.malformed[d.channel] = d.count; break;
@@ -240,7 +242,7 @@ function renderAlerts() {
   list.replaceChildren();
   const order = { new: 0, escalated: 0, acknowledged: 1, dispatched: 2, resolved: 3 };
   const alerts = [...state.alerts].sort((a, b) => (order[a.state] - order[b.state]) || (b.first_seen - a.first_seen));
-  for (const a of alerts) {
+  for (const a of alerts.slice(0, LIST_MAX)) {
     const li = document.createElement("li");
     li.className = `alert-item state-${a.state}`;
     li.dataset.alertId = a.alert_id;
