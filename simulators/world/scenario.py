@@ -318,8 +318,9 @@ def load(path):
                 r.fail(r.where(role, i, "step"), "a step is in metres: write step = { east = 20, north = 0 }")
             agent = r.value(role, i, d, "agent", str, default=agent_ids[0], choices=agent_ids)
             board = r.value(role, i, d, "board", bool, default=False)
-            if board and count > 1:
-                r.fail(r.where(role, i, "board"), "a board runs one device: set count = 1 or board = false")
+            if board:
+                r.fail(r.where(role, i, "board"), "the real firmware on a virtual board is not supported by the "
+                       "runner yet: remove board = true (the device then runs as a lightweight device)")
             east0, north0 = place.metres(*start)
             for n in range(count):
                 device_id = numbering + n
