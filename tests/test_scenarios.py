@@ -1,0 +1,133 @@
+"""Every scenario in simulators/scenarios/ holds under ``ansim sim run`` (each file is a test);
+a false expectation makes the run exit 1 naming it and what was seen; a broken file exits 2
+with one line naming the line, table and key; ``ansim sim load`` loses nothing and prints
+numbers that come from its counts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ansim_simulators.world import locate, scenario
+from ansim_simulators.world.place import Place
+from ansim_simulators.world.radio_model import PathLoss
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "simulators" / "scenarios"
+FILES = sorted(SCENARIOS.glob("*.toml"))
+
+
+def sim(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "ansim_tools.cli", "sim", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_required_scenarios_are_there():
+    names = {f.stem for f in FILES}
+    assert {"sos_with_cancel", "bell_during_uplink_outage", "walk_home", "escalation", "device_offline",
+            "two_agents_one_wearable", "power_loss_mid_alarm"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_scenario_holds(path):
+    result = sim("run", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+    assert result.stdout.count("PASS") == len(scenario.load(path).expects)
+
+
+def test_a_false_expectation_fails_the_run_saying_which_and_what_was_seen(tmp_path):
+    text = (SCENARIOS / "escalation.toml").read_text()
+    # the district center never answers: an ack to the bell is false
+    false = tmp_path / "false.toml"
+    false.write_text(text.replace('duration_s = 10', 'duration_s = 6') + '\n[[expect]]\nwhat = "ack"\n'
+                     'device = "bell"\nafter = "press"\nwithin_s = 3\n')
+    result = sim("run", false)
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("FAIL"))
+    assert "ack device=bell within 3s of press" in line and "no center_ack reached bell" in line
+    assert "DID NOT HOLD" in result.stdout
+
+
+def test_the_two_agents_scenario_prints_the_fused_accuracy():
+    result = sim("run", SCENARIOS / "two_agents_one_wearable.toml")
+    line = next(l for l in result.stdout.splitlines() if "position" in l and "PASS" in l)
+    assert "m from the true position; the alert's own location (receiver)" in line
+
+
+BROKEN = [
+    ("[[agent]]\nid = \"a\"\n[[bell]]\nname = \"b\"\n", "[[bell]] #1 at: missing: write at = { east = 0, north = 0 }"),
+    ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { east = 1 }\nheartbeat = 3\n",
+     "[[bell]] #1 heartbeat: unknown key (did you mean heartbeat_s?)"),
+    ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"pres\"\ndevice = \"00020001\"\n",
+     "[[event]] #1 do: 'pres' is not one of press, walk, ack, outage (did you mean press?)"),
+    ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"press\"\ndevice = \"bel\"\n",
+     "[[event]] #1 device: 'bel' is no device of this scenario"),
+    ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { x = 1 }\n", "[[bell]] #1 at: {'x': 1} is not a position"),
+    ("[[agent]]\nid = \"a\"\n[[expect]]\nwhat = \"alert\"\nwithin_s = \"3\"\n",
+     "[[expect]] #1 within_s: '3' is not a number: write within_s = 1.0"),
+    ("[[agent]]\nid = \"a\"\n[[expect]]\nwhat = \"light\"\naction = \"blink\"\n", "which lights?"),
+    ("[agent]\nid = \"a\"\n", "write [[agent]] (double brackets)"),
+    ("[[agent]]\nid = \"a\"\n", "no expectation"),
+    ("[[agent]]\nid = \"a\"\nsettings = { centre = { escalation_s = 2 } }\n[[expect]]\nwhat = \"alert\"\n",
+     "'centre': settings hold agent.toml sections"),
+    ("[[agent]\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text, message", BROKEN)
+def test_a_broken_file_says_what_is_wrong_and_where(tmp_path, text, message):
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    with pytest.raises(scenario.ScenarioError) as err:
+        scenario.load(path)
+    assert str(err.value).startswith(str(path) + ":")
+    assert message in str(err.value)
+
+
+def test_a_broken_file_exits_2_before_anything_starts(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text(BROKEN[1][0])
+    result = sim("run", path)
+    assert result.returncode == 2
+    assert "broken.toml:3: [[bell]] #1 heartbeat: unknown key" in result.stdout
+
+
+def test_errors_name_the_line_of_the_table(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[[agent]]\nid = \"a\"\n\n[[bell]]\nat = { east = 1 }\n\n[[bell]]\nat = { east = 2 }\ncount = 0\n")
+    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:7: \[\[bell\]\] #2 count: 0 is below 1"):
+        scenario.load(path)
+
+
+def test_path_loss_model_is_reproducible_and_has_a_range():
+    a, b = PathLoss(seed=3), PathLoss(seed=3)
+    assert [a.rssi(30) for _ in range(20)] == [b.rssi(30) for _ in range(20)]
+    quiet = PathLoss(sigma=0)
+    assert quiet.rssi(1) == -59 and quiet.rssi(10) == -81
+    assert quiet.rssi(quiet.range_m() * 1.1) is None and quiet.rssi(quiet.range_m() * 0.9) is not None
+
+
+def test_fused_position_leans_to_the_stronger_receiver():
+    place = Place((37.5663, 126.9779))
+    west, east = place.latlon(0, 0), place.latlon(60, 0)
+    assert locate.fuse([]) is None
+    assert locate.fuse([(*west, -70)]) == pytest.approx(west)
+    fused = locate.fuse([(*west, -70), (*east, -90)])
+    east_m, _ = place.metres(*fused)
+    assert 0 < east_m < 10  # nearer the one that heard it at -70 dBm
+    assert locate.fuse([(*west, -80), (*east, -80)]) == pytest.approx(place.latlon(30, 0), abs=1e-7)
+
+
+def test_sim_load_loses_nothing_and_its_numbers_are_counts(tmp_path):
+    out = tmp_path / "load.json"
+    result = sim("load", "--devices", 200, "--rate", 100, "--duration", 3, "--json", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    numbers = json.loads(out.read_text())
+    for run in ("agent", "baseline"):
+        r = numbers[run]
+        assert r["sent"] == 300 and r["received"] == 300 and r["lost"] == 0 and r["duplicates"] == 0
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert "sent 300, received 300, lost 0, duplicates 0" in result.stdout
+    assert "p99 %7.1f ms" % numbers["agent"]["p99_ms"] in result.stdout
