@@ -33,6 +33,7 @@ from ansim_simulators.faults import _Agent as AgentProcess
 from ansim_simulators.faults import _Proxy
 
 from . import devices as dev
+from .boards import BoardDevice
 from . import place as place_module
 from .expect import Judge, Record
 from .radio_model import PathLoss
@@ -214,10 +215,14 @@ class World:
             if spec.role == "wearable":
                 self.devices[name] = dev.Wearable(spec, key, self.counters, self.air, on_air=self.advertisers.__setitem__)
                 continue
+            downlink_keys.setdefault(spec.agent, {})[spec.device_id] = (name, DeviceKeys(key))
+            if spec.board:
+                self.devices[name] = BoardDevice(spec, key, self.locals[spec.agent].port, workdir / "boards",
+                                                 "240ac4%06x" % spec.device_id)
+                continue
             cls = dev.Bell if spec.role == "bell" else dev.Light
             device = self.devices[name] = cls(spec, key, self.counters)
             dev.Link("127.0.0.1", self.locals[spec.agent].port, [device], "dev-%s" % spec.hex_id)
-            downlink_keys.setdefault(spec.agent, {})[spec.device_id] = (name, DeviceKeys(key))
         for agent_id, port in ((a.id, self.locals[a.id].port) for a in self.s.agents):
             watcher = DownlinkObserver(port, downlink_keys.get(agent_id, {}), self.record, self.lock, agent_id)
             stack.callback(watcher.close)
@@ -227,13 +232,21 @@ class World:
                 device.link.power_on()
                 device.powered = True
                 stack.callback(device.link.close)
+        boards = [d for d in self.devices.values() if isinstance(d, BoardDevice)]
+        for board in boards:
+            stack.callback(board.close)
+            board.power_on()
         self._wait(lambda: all(d.link.connected.is_set() for d in self.devices.values()
                                if isinstance(d, dev.Fixed)), "every bell and streetlight on its broker")
+        for board in boards:
+            board.online()
         if self.s.by_role("wearable"):
             self._listen_for_acks()
-        self.say("  %d agent%s, %d wearables, %d bells, %d streetlights, %d cameras; all up"
+        self.say("  %d agent%s, %d wearables, %d bells, %d streetlights (%d on virtual boards with the real "
+                 "firmware), %d cameras; all up"
                  % (len(self.s.agents), "" if len(self.s.agents) == 1 else "s", len(self.s.by_role("wearable")),
-                    len(self.s.by_role("bell")), len(self.s.by_role("streetlight")), len(self.s.cameras)))
+                    len(self.s.by_role("bell")), len(self.s.by_role("streetlight")), len(boards),
+                    len(self.s.cameras)))
 
     def _center(self):
         status = self.s.ack
@@ -442,6 +455,12 @@ class World:
         if isinstance(device, dev.Wearable):
             device.stop()
             return lambda: say_back("%s powered" % ev.device)
+        if isinstance(device, BoardDevice):
+            if ev.of == "wifi":
+                device.wifi(False)
+                return lambda: (device.wifi(True), say_back("%s's wifi" % ev.device))
+            device.power_off()
+            return lambda: (device.power_on(), say_back("%s's power" % ev.device))
         device.link.power_off()
         device.powered = ev.of == "wifi"  # on WiFi loss it keeps running, frames wait
 
