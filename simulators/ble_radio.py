@@ -9,7 +9,9 @@ unchanged, with the exact bytes a radio would deliver.
 
 Corrections to bumble 0.0.236, made here so that every user gets them:
 - scanners report RSSI -50 for everything: reports are rewritten with the advertiser's
-  ``rssi`` (a distance model sets it);
+  ``rssi``, or, when the air has an ``rssi_model`` and the scanner a position (``where``),
+  with what that model gives for this advertiser at this scanner (None: not heard, the
+  report is dropped), so receivers at different places hear one advertiser differently;
 - every advertisement is reported twice, the second time as a fake scan response carrying
   the data twice: scan responses are dropped (these beacons are not scannable);
 - its legacy advertising commands drop non-connectable adverts: beacons are advertising sets
@@ -51,14 +53,18 @@ _NONCONNECTABLE = AdvertisingEventProperties(is_connectable=False, is_scannable=
 class _AirController(Controller):
     """A controller on the air whose advertising reports carry each advertiser's RSSI."""
 
-    def __init__(self, air, name, **kwargs):
+    def __init__(self, air, name, where=None, **kwargs):
         self._air = air
+        self.where = where  # the scanner's position, for the air's rssi_model
         super().__init__(name, link=air.link, **kwargs)
 
     def send_hci_packet(self, packet):
         if isinstance(packet, hci.HCI_LE_Extended_Advertising_Report_Event):
-            packet = hci.HCI_LE_Extended_Advertising_Report_Event(
-                [dataclasses.replace(r, rssi=self._air.rssi_of(r.address, r.rssi)) for r in packet.reports])
+            reports = [dataclasses.replace(r, rssi=rssi) for r in packet.reports
+                       if (rssi := self._air.rssi_of(r.address, r.rssi, self)) is not None]
+            if not reports:
+                return  # too far: this receiver heard nothing
+            packet = hci.HCI_LE_Extended_Advertising_Report_Event(reports)
         super().send_hci_packet(packet)
 
 
@@ -75,11 +81,20 @@ class VirtualAir:
         self._beacons = []  # powered-on Devices hosting the advertising sets
         self._scanners = {}  # Device -> its controller
         self._servers = []  # transports of serve()
+        # (Advertiser, scanner's where) -> RSSI or None (not heard), for scanners given a place
+        self.rssi_model = None
 
-    def rssi_of(self, address, default):
-        """The RSSI a scanner reports for ``address`` (an advertiser's, else ``default``)."""
+    def rssi_of(self, address, default, scanner=None):
+        """The RSSI ``scanner`` (a controller) reports for ``address``: the ``rssi_model``'s
+        when the air has one and the scanner a ``where`` (None: not heard), else the
+        advertiser's ``rssi``, else ``default``."""
         advertiser = self._advertisers.get(bytes(address))
-        return default if advertiser is None else advertiser.rssi
+        if advertiser is None:
+            return default
+        where = getattr(scanner, "where", None)
+        if self.rssi_model is not None and where is not None:
+            return self.rssi_model(advertiser, where)
+        return advertiser.rssi
 
     async def add_advertiser(self, data, address=None, interval_ms=100, rssi=DEFAULT_RSSI, start=True,
                              device=None):
@@ -124,10 +139,12 @@ class VirtualAir:
         if advertiser._set.advertising_handle in advertiser._set.device.extended_advertising_sets:
             await advertiser._set.remove()
 
-    async def open_scanner(self, public_address=None):
+    async def open_scanner(self, public_address=None, where=None):
         """A powered-on bumble ``Device`` listening on this air (not yet scanning), with a
-        controller of its own (``public_address``: its public address, e.g. a board's)."""
-        controller = _AirController(self, "scanner%d" % len(self._scanners), public_address=public_address)
+        controller of its own (``public_address``: its public address, e.g. a board's;
+        ``where``: its position for the ``rssi_model``)."""
+        controller = _AirController(self, "scanner%d" % len(self._scanners), where=where,
+                                    public_address=public_address)
         device = Device("scanner", host=Host(controller, AsyncPipeSink(controller)))
         await device.power_on()
         self._scanners[device] = controller
@@ -137,15 +154,15 @@ class VirtualAir:
         """Take a scanner from ``open_scanner`` off the air."""
         self.link.remove_controller(self._scanners.pop(device))
 
-    async def serve(self, host="127.0.0.1", port=0):
+    async def serve(self, host="127.0.0.1", port=0, where=None):
         """Expose one more scanner controller as HCI over TCP, for a scanner in another process.
 
         Returns the bumble transport spec to open there (``bleak_backend_for(spec)``); one
-        client at a time.
+        client at a time. ``where``: the scanner's position for the ``rssi_model``.
         """
         sock = socket.create_server((host, port))
         transport = await open_tcp_server_transport_with_socket(sock)
-        _AirController(self, "tcp:%d" % sock.getsockname()[1], host_source=transport.source,
+        _AirController(self, "tcp:%d" % sock.getsockname()[1], where=where, host_source=transport.source,
                        host_sink=transport.sink)
         self._servers.append(transport)
         return "tcp-client:%s:%d" % sock.getsockname()[:2]
