@@ -4,7 +4,7 @@ import argparse
 import importlib.metadata
 import sys
 
-from . import agent, bench, decode, demo, faults, flash, freeze, provision
+from . import agent, bench, decode, demo, faults, flash, freeze, provision, sim
 from .console import cli as center
 
 
@@ -14,7 +14,7 @@ def main(argv=None):
                                      "control center.")
     parser.add_argument("--version", action="version", version="ansim %s" % version())
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (agent, bench, center, decode, demo, faults, flash, freeze, provision):
+    for module in (agent, bench, center, decode, demo, faults, flash, freeze, provision, sim):
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.run(args)
