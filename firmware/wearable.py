@@ -25,17 +25,43 @@ edge agents nearby.
   and light), low battery (three slow LED blinks), test mode (fast LED blinks).
 - Battery: ADC on ``battery_pin`` (none: not fitted) through a divider ``battery_divider``
   (2.0); below ``battery_low_mv`` (3450) a ``low_battery`` frame is sent once, until it has
-  recovered by 100 mV. Heartbeats every ``heartbeat_s`` (21600) carry the percentage.
+  recovered by 100 mV. Heartbeats carry the percentage, on average every ``heartbeat_s``
+  (21600, 6 h): each wait, the first after start too, is drawn uniformly in 0.5 to 1.5 times
+  that (``heartbeat_interval_ms``, from the hardware RNG), so that a fixed period does not link
+  the wearable's rotating ids across epochs.
+- On the air every transmission opens alike: the same burst of ``BURST_MS`` (3 s) at
+  ``BURST_INTERVAL_MS`` (30 ms) of a 24-byte sealed frame, whatever its type (SOS, test_sos,
+  cancel, heartbeat, low_battery), so a scanner cannot tell them apart by how they open; only
+  an SOS goes on with re-sends after it, on purpose (SPEC.md 3.3).
+- Company id: adverts go out, and acks are heard, under ``company_id`` (0xFFFF, the Bluetooth
+  SIG's test id, unless provisioned otherwise).
 - Location: ``gnss`` ({"uart": 2, "baudrate": 9600, "rx": 16, "tx": 17}) reads NMEA; the SOS
   carries the newest fix younger than 2 min, else "no fix" (the agent uses where it heard
   the wearable).
-- Sleep: idle, it light-sleeps until the next heartbeat with the button as an ext0 wake source.
+- Sleep: idle, it light-sleeps (at most ``watchdog_s`` / 2 at a time) with the button as a wake
+  source; idle for ``deep_sleep_after_s`` (20; null: never), or at once after a heartbeat that
+  the timer woke it for, it deep-sleeps until the next heartbeat or the button, which is what
+  makes a year on a 1,000 mAh cell (``ansim bench battery``). RAM is lost in deep sleep: what
+  must survive (the next uplink counter, when the next heartbeat is due, uptime, low battery,
+  test mode) goes to RTC memory, which is read back only after a deep-sleep reset; the next
+  counter is taken from there only if the flash reservation covers it, so a wake neither skips
+  counters nor writes the flash, and after power loss (RTC memory gone) or any other reset the
+  flash reservation stands. Wake sources: ``esp32.wake_on_ext0`` on an ESP32,
+  ``esp32.wake_on_gpio`` on an ESP32-C3 (MicroPython 1.27 on; GPIO0-5 only), light sleep only
+  where neither wakes a deep sleep. A press that woke it counts even if it is over by then;
+  a triple press whose first press wakes it from deep sleep needs the board to start before
+  the second (a long press always works).
 - Clock: epochs come from the RTC in Unix time (``ansim flash`` sets it; ``time`` frames from
-  the agent correct it). The last epoch used is kept in flash: after power loss the clock
-  restarts from there, so the agent, which expects the next epochs, still recognises it.
+  the agent correct it). A wearable whose RTC lost power has no time to make an epoch from:
+  until a ``time`` frame sets its clock it counts its starts without a clock (in flash, never
+  one twice) and uses the clockless epoch ``CLOCKLESS + n`` of the current start, and it
+  listens ``LISTEN_AFTER_ACK_MS`` after every transmission for the time frame the agent sends
+  it (SPEC.md 3.2). A frame without a time is never mistaken for one made at some time.
 - A ``machine.WDT`` (``watchdog_s``, 30; 0: none) resets a hung wearable.
 """
 
+import json
+import os
 import time
 
 import machine
@@ -43,7 +69,7 @@ from ansim_device import clock
 from ansim_device.beacon import Beacon
 from ansim_device.counter import PersistentCounter, ReplayGuard
 from ansim_protocol import frames
-from ansim_protocol.crypto import ROTATION_PERIOD_S, DeviceKeys, epoch_of
+from ansim_protocol.crypto import CLOCKLESS, DeviceKeys, epoch_of
 from ansim_protocol.errors import FrameError
 
 try:
@@ -52,11 +78,14 @@ except ImportError:  # a port without ext0 wake: idle in short naps instead
     esp32 = None
 
 EXT0_WAKE = 2  # machine.wake_reason() after the button woke a light sleep (ESP32 port)
+# wake reasons of a button (esp_sleep_wakeup_cause_t): ext0, ext1, GPIO (esp32.wake_on_gpio; no constant)
+BUTTON_WAKES = (EXT0_WAKE, 3, 7)
+TIMER_WAKE = 4
+RTC_TAG = b"aw1 "  # RTC memory: this tag, then the state as JSON (see _suspend)
 POLL_MS, DEBOUNCE_MS, LONG_MS, TRIPLE_MS, CANCEL_MS = 10, 50, 1000, 1500, 5000
-BURST_MS, BURST_INTERVAL_MS = 3000, 30
+BURST_MS, BURST_INTERVAL_MS = 3000, 30  # every transmission opens with this burst, whatever its type
 RESEND_MS = 1000
 LISTEN_AFTER_ACK_MS = 2000  # the time frame the agent sends with the ack may be heard after it
-REPORT_BURST_MS, REPORT_INTERVAL_MS = 1000, 50  # heartbeats, low battery
 TEST_HOLD_MS = 2000
 BATTERY_EMPTY_MV, BATTERY_FULL_MV, BATTERY_HYSTERESIS_MV = 3300, 4200, 100
 NO_FIX = {"lat": None, "lon": None, "accuracy_m": 0}
@@ -68,6 +97,13 @@ CANCELLED = ((0, 1, 100), (0, 0, 100)) * 3
 NO_ACK = ((1, 1, 1000),)
 LOW_BATTERY = ((1, 0, 100), (0, 0, 400)) * 3
 TEST_MODE = ((1, 0, 50), (0, 0, 50)) * 5
+
+
+def heartbeat_interval_ms(heartbeat_ms):
+    """The wait before the next heartbeat: uniform in 0.5 to 1.5 times ``heartbeat_ms``, drawn
+    from ``os.urandom`` (the ESP32's hardware RNG), so heartbeats have no fixed period."""
+    r = int.from_bytes(os.urandom(2), "big")  # 0..65535
+    return heartbeat_ms // 2 + int(heartbeat_ms * (r / 65536))
 
 
 class Feedback:
@@ -130,8 +166,7 @@ class Wearable:
                                               tx=int(gnss.get("tx", 17)), rx=int(gnss.get("rx", 16))))
         self.uplink = PersistentCounter("/state/up")
         self.guard = ReplayGuard("/state/down", late=True)  # time and ack come together, in either order
-        self.epochs = PersistentCounter("/state/epoch", block=1)
-        self.beacon = Beacon(self.keys)
+        self.beacon = Beacon(self.keys, int(config.get("company_id", 0xFFFF)))
         self.test_mode = bool(config.get("test_mode", False))
         # button
         self.armed, self.pressed_at, self.released_at, self.long_done = True, 0, 0, True
@@ -143,26 +178,85 @@ class Wearable:
         self.tx_until_ack = False
         self.deaf_at = None  # ticks when the radio stops listening after a transmission
         self.sos = None  # (counter, ticks) of the SOS that a long press may still cancel
-        self.next_heartbeat = time.ticks_add(time.ticks_ms(), self.heartbeat_ms)
+        self.beat_gap_ms = heartbeat_interval_ms(self.heartbeat_ms)  # the first heartbeat is jittered too
+        self.next_heartbeat = time.ticks_add(time.ticks_ms(), self.beat_gap_ms)
         self.uptime_ms = 0
-        self._restore_clock()
+        deep = config.get("deep_sleep_after_s", 20)
+        self.deep_after_ms = None if deep is None or deep < 0 else int(deep * 1000)
+        self.busy_at = time.ticks_ms()  # the last time the loop was not idle
+        self.woke = self._resume()  # None, or the wake reason of a deep sleep this start ends
+        self.clockless = self._clockless_start()
 
     def _on_edge(self, pin):
         self.fell = True  # only a flag: the loop does the work
 
+    # -- deep sleep -----------------------------------------------------------------------
+    def _resume(self):
+        """After a deep sleep, the state _suspend left in RTC memory; the wake reason, or None
+        for any other start (RTC memory also survives a watchdog or hard reset, but what was
+        used after it was written is unknown then: the flash reservation stands)."""
+        if not hasattr(machine, "DEEPSLEEP_RESET") or machine.reset_cause() != machine.DEEPSLEEP_RESET:
+            return None
+        reason = machine.wake_reason()  # a wake even without its state: a held button is no test-mode hold
+        rtc = machine.RTC()
+        data = rtc.memory()
+        rtc.memory(b"")  # read once: a later reset of another kind must not find it
+        if data[:len(RTC_TAG)] != RTC_TAG:
+            return reason
+        try:
+            state = json.loads(data[len(RTC_TAG):].decode())
+            up_next, heartbeat_at, gap_ms, uptime_ms, battery_low, test_mode = state
+        except (ValueError, TypeError):
+            return reason
+        self.uplink.resume(up_next)  # not covered by the flash reservation: the reservation stands
+        left_ms = min(max(0, heartbeat_at - time.time()) * 1000, gap_ms)
+        self.next_heartbeat = time.ticks_add(time.ticks_ms(), left_ms)
+        self.beat_gap_ms, self.uptime_ms = gap_ms, uptime_ms
+        self.battery_low, self.test_mode = bool(battery_low), bool(test_mode)
+        return reason
+
+    def _suspend(self, now):
+        """What must outlive the RAM, into RTC memory (before every deep sleep)."""
+        left_s = max(0, time.ticks_diff(self.next_heartbeat, now)) // 1000
+        state = [self.uplink.peek(), time.time() + left_s, self.beat_gap_ms, self.uptime_ms, self.battery_low,
+                 self.test_mode]
+        machine.RTC().memory(RTC_TAG + json.dumps(state).encode())
+
+    def _arm_button_wake(self):
+        if hasattr(esp32, "wake_on_ext0"):  # an ESP32: light and deep sleep
+            esp32.wake_on_ext0(self.button, esp32.WAKEUP_ALL_LOW)
+        else:  # an ESP32-C3 (MicroPython 1.27 on): GPIO0-5 wake it from deep sleep
+            esp32.wake_on_gpio((self.button,), esp32.WAKEUP_ALL_LOW)
+
+    def _until_deep_ms(self, now):
+        """ms until it may deep-sleep (idle long enough, no SOS a long press may still cancel);
+        None: never (no deep sleep here)."""
+        if self.deep_after_ms is None or esp32 is None or not hasattr(machine, "deepsleep"):
+            return None
+        after = self.deep_after_ms
+        if self.woke == TIMER_WAKE and not self.presses:
+            after = 0  # woken for its heartbeat and nobody pressed: back to deep sleep once it is sent
+        left = after - time.ticks_diff(now, self.busy_at)
+        if self.sos is not None:
+            left = max(left, CANCEL_MS + 1 - time.ticks_diff(now, self.sos[1]))
+        return left
+
     # -- clock and epochs -----------------------------------------------------------------
-    def _restore_clock(self):
-        last = self.epochs.peek() - 1
-        if last > 0 and not clock.is_set():
-            # the RTC lost power: continue after the last epoch used, where the agent looks
-            clock.set_unix_time((last + 1) * ROTATION_PERIOD_S)
-            print("wearable: clock restarted at epoch %d (after the last used)" % (last + 1))
+    @staticmethod
+    def _clockless_start():
+        """0 with a clock; else which start without a clock this is (1, 2, ...). A wake from
+        deep sleep is no new start: the RTC kept running, set or not."""
+        if clock.is_set():
+            return 0
+        starts = PersistentCounter("/state/clockless", block=1)
+        n = starts.peek() - 1 if machine.reset_cause() == machine.DEEPSLEEP_RESET and starts.peek() > 1 else starts.next()
+        print("wearable: no clock; clockless start %d until the agent sends the time" % n)
+        return n
 
     def epoch(self):
-        epoch = epoch_of(clock.unix_time())
-        if epoch > self.epochs.peek() - 1:
-            self.epochs.skip_past(epoch)
-        return epoch
+        if self.clockless:
+            return CLOCKLESS + self.clockless
+        return epoch_of(clock.unix_time())
 
     # -- sending --------------------------------------------------------------------------
     def transmit(self, kind, fields, until_ack=False):
@@ -170,11 +264,10 @@ class Wearable:
         epoch = self.epoch()
         counter = self.uplink.next()
         frame = frames.build_sealed(kind, fields, self.keys, counter, epoch)
-        interval = BURST_INTERVAL_MS if until_ack or kind == "cancel" else REPORT_INTERVAL_MS
-        self.beacon.advertise(frame, epoch, interval)
+        self.beacon.advertise(frame, epoch, BURST_INTERVAL_MS)  # the same opening for every type
         self.tx_frame, self.tx_kind, self.tx_counter, self.tx_epoch = frame, kind, counter, epoch
         self.tx_start, self.tx_until_ack = time.ticks_ms(), until_ack
-        if until_ack:
+        if until_ack or self.clockless:
             self.deaf_at = None
             self.beacon.listen(epoch)
         print("wearable: %s %d sent" % (kind, counter))
@@ -182,9 +275,11 @@ class Wearable:
 
     def end_transmission(self, why):
         self.beacon.stop()
-        if self.tx_until_ack:
-            # the agent sends its time frame with the ack: listen a little longer for it
-            self.deaf_at = time.ticks_add(time.ticks_ms(), LISTEN_AFTER_ACK_MS if why == "acknowledged" else 0)
+        if self.tx_until_ack or self.clockless:
+            # the agent sends its time frame with the ack, and to a wearable without a clock
+            # after each of its frames: listen a little longer for it
+            listen = why == "acknowledged" or self.clockless
+            self.deaf_at = time.ticks_add(time.ticks_ms(), LISTEN_AFTER_ACK_MS if listen else 0)
         print("wearable: %s %d %s" % (self.tx_kind, self.tx_counter, why))
         self.tx_frame = None
         self.tx_until_ack = False
@@ -194,7 +289,7 @@ class Wearable:
             return
         elapsed = time.ticks_diff(now, self.tx_start)
         if not self.tx_until_ack:
-            if elapsed >= (BURST_MS if self.tx_kind == "cancel" else REPORT_BURST_MS):
+            if elapsed >= BURST_MS:
                 self.end_transmission("done")
             return
         if elapsed >= self.sos_timeout_ms:
@@ -271,6 +366,7 @@ class Wearable:
             if frame.kind == "time":
                 old = clock.unix_time()
                 clock.set_unix_time(frame.fields["unix_time"])
+                self.clockless = 0
                 print("wearable: clock set %d -> %d" % (old, frame.fields["unix_time"]))
             elif frame.kind == "center_ack":
                 self.acknowledged(frame.fields["acked_counter"], frame.fields["status"])
@@ -303,26 +399,41 @@ class Wearable:
     def heartbeat(self, now):
         if self.tx_frame is not None or time.ticks_diff(now, self.next_heartbeat) < 0:
             return
-        self.next_heartbeat = time.ticks_add(now, self.heartbeat_ms)
+        # ticks_ms wraps after 12 days; this does not (the wait drawn, and how late it ended)
+        self.uptime_ms += self.beat_gap_ms + time.ticks_diff(now, self.next_heartbeat)
+        self.beat_gap_ms = heartbeat_interval_ms(self.heartbeat_ms)
+        self.next_heartbeat = time.ticks_add(now, self.beat_gap_ms)
         pct = 255 if self.battery is None else self.battery_pct(self.battery_mv())
-        self.uptime_ms += self.heartbeat_ms  # ticks_ms wraps after 12 days; this does not
         uptime_min = min(self.uptime_ms // 60000, 0xFFFFFF)
         self.transmit("heartbeat", {"battery_pct": pct, "uptime_min": uptime_min, "faults": 0})
 
     # -- the loop -------------------------------------------------------------------------
     def idle(self):
-        return (self.tx_frame is None and self.deaf_at is None and self.armed and not self.presses and not self.fell
+        pressing = self.presses and time.ticks_diff(time.ticks_ms(), self.presses[-1]) < TRIPLE_MS
+        return (self.tx_frame is None and self.deaf_at is None and self.armed and not pressing and not self.fell
                 and not self.feedback.busy() and self.button.value() == 1)
 
     def sleep(self, now):
-        ms = max(0, min(time.ticks_diff(self.next_heartbeat, now), self.nap_max_ms))
+        ms = max(0, time.ticks_diff(self.next_heartbeat, now))
+        until_deep = self._until_deep_ms(now)
+        if until_deep is not None and until_deep <= 0:
+            self._arm_button_wake()
+            self._suspend(now)
+            try:
+                machine.deepsleep(ms)  # ends in a reset: main.py starts again, _resume takes over
+            except ValueError as e:  # this button cannot wake this chip from deep sleep
+                print("wearable: no deep sleep: %s" % e)
+                self.deep_after_ms = until_deep = None
+        ms = min(ms, self.nap_max_ms)
+        if until_deep is not None:
+            ms = min(ms, until_deep)  # then deep sleep
         if esp32 is None:
             ms = min(ms, POLL_MS)
         else:
-            esp32.wake_on_ext0(self.button, esp32.WAKEUP_ALL_LOW)
+            self._arm_button_wake()
         self.feed()
         machine.lightsleep(ms)
-        if machine.wake_reason() == EXT0_WAKE:
+        if machine.wake_reason() in BUTTON_WAKES:
             self.fell = True  # the press that woke us may be over already: it counts
 
     def feed(self):
@@ -330,7 +441,14 @@ class Wearable:
             self.wdt.feed()
 
     def start(self):
-        """Test mode if the button is held while starting; a short buzz says the wearable is on."""
+        """Test mode if the button is held while starting; a short buzz says the wearable is on.
+        A wake from deep sleep is no start: no buzz, no test-mode hold, the waking press counts."""
+        if self.woke is not None:
+            if self.woke in BUTTON_WAKES:
+                self.fell = True
+            print("wearable: awake (%s)" % ("button" if self.woke in BUTTON_WAKES else "timer"))
+            self.check_battery()
+            return
         held_since = time.ticks_ms()
         while self.button.value() == 0 and time.ticks_diff(time.ticks_ms(), held_since) < TEST_HOLD_MS:
             time.sleep_ms(POLL_MS)
@@ -355,6 +473,7 @@ class Wearable:
                 self.sleep(now)
                 self.check_battery()
             else:
+                self.busy_at = now
                 time.sleep_ms(POLL_MS)
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ansim_protocol import ble, frames
-from ansim_protocol.crypto import DeviceKeys, epoch_of, rotating_id
+from ansim_protocol.crypto import CLOCKLESS, DeviceKeys, epoch_of, rotating_id
 from ansim_simulators.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
@@ -212,26 +212,6 @@ def test_an_idle_wearable_sleeps_and_the_button_wakes_it(wearable):
     assert sos.kind == "sos"
 
 
-def test_after_power_loss_the_clock_continues_after_the_last_epoch_used(wearable):
-    board = wearable()
-    ctl = board.control
-    mark = ctl.mark()
-    triple_press(board)
-    _, before = next_advert(board, mark)
-    last_epoch = epoch_of(time.time() + ctl.rtc_offset)
-    assert before.rid == rotating_id(KEYS, last_epoch)
-    mark = ctl.mark()
-    board.clock = None  # no backup battery: at the next power-on the RTC restarts at 2000-01-01
-    board.power_cycle()
-    printed(board, "wearable: clock restarted at epoch %d" % (last_epoch + 1), mark)
-    ready(board, mark)
-    mark = ctl.mark()
-    triple_press(board)
-    _, after = next_advert(board, mark)
-    # where the agent looks for a device whose clock was reset (SPEC.md 3.2)
-    assert after.rid == rotating_id(KEYS, last_epoch + 1) and after.counter > before.counter
-
-
 class SosOnTheAir:
     """A wearable whose clock is an hour late has sent an SOS and listens for the agent, on a
     virtual air the test can advertise on (``advertise``)."""
@@ -296,6 +276,35 @@ def test_the_clock_is_set_whichever_of_time_and_ack_is_heard_first(wearable, fir
         printed(sos.board, heard[second], sos.mark)
         sos.clock_set_right()
         printed(sos.board, "wearable: sos %d acknowledged" % sos.sos.counter, sos.mark)
+
+
+def test_after_power_loss_a_wearable_without_a_clock_calls_under_its_clockless_epoch(wearable):
+    """SPEC.md 3.2: no clock, no epoch: it counts its starts without a clock, uses the
+    clockless epoch of this start, and takes the time the agent sends it under that rid."""
+    board = wearable()
+    ctl = board.control
+    mark = ctl.mark()
+    triple_press(board)
+    _, before = next_advert(board, mark)
+    for start in (1, 2):  # no backup battery: at each power-on the RTC restarts at 2000-01-01
+        mark = ctl.mark()
+        board.clock = None
+        board.power_cycle()
+        printed(board, "wearable: no clock; clockless start %d" % start, mark)
+        ready(board, mark)
+    with SosOnTheAir(board) as sos:
+        assert sos.sos.rid == rotating_id(KEYS, CLOCKLESS + 2) and sos.sos.counter > before.counter
+        sos.epoch = CLOCKLESS + 2
+        sos.advertise(sos.seal("time", {"unix_time": sos.right}, 9))
+        printed(board, "wearable: clock set", sos.mark)
+        sos.clock_set_right()
+        sos.advertise(sos.seal("center_ack", {"acked_counter": sos.sos.counter, "status": "received"}, 10))
+        printed(board, "wearable: sos %d acknowledged" % sos.sos.counter, sos.mark)
+        mark = ctl.mark()
+        ctl.wait_for(timeout=WAIT_S, since=mark, ev="sleep")
+        triple_press(board)
+        _, after = next_advert(board, mark)
+        assert after.rid == rotating_id(KEYS, epoch_of(sos.right)) and after.counter > sos.sos.counter
 
 
 def test_a_hung_wearable_is_reset_by_its_watchdog(wearable):

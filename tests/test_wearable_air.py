@@ -13,7 +13,7 @@ import pytest
 from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames
-from ansim_protocol.crypto import ROTATION_PERIOD_S, DeviceKeys, epoch_of, rotating_id
+from ansim_protocol.crypto import CLOCKLESS, ROTATION_PERIOD_S, DeviceKeys, epoch_of, rotating_id
 from ansim_simulators.ble_radio import ThreadedAir
 from ansim_simulators.board_radio import BoardRadio
 from ansim_simulators.broker import MosquittoBroker
@@ -196,3 +196,26 @@ def test_a_wearable_whose_clock_runs_fast_is_set_right_with_its_ack(tmp_path, ai
         printed(site.board, "wearable: clock set", mark)
         printed(site.board, "wearable: sos %d acknowledged" % sos.counter, mark)
         assert abs(ctl.rtc_offset) < 5  # the board's clock now agrees with the agent's
+
+
+def test_a_wearable_without_a_clock_is_heard_and_given_the_time_over_the_air(tmp_path, air, mqtt_client):
+    """SPEC.md 3.2: after power loss the wearable has no clock: its SOS goes out under its
+    clockless epoch, the agent finds it there, sends the time at once, and the ack follows."""
+    with Site(tmp_path, air, mqtt_client, clock=None, mpremote=False) as site:
+        ctl = site.board.control
+        mark = ctl.mark()
+        triple_press(ctl)
+        _, sos = next_advert(site.board, mark, site.keys)
+        assert sos.rid == rotating_id(site.keys, CLOCKLESS + 1)
+        alert = site.alert("sos")
+        assert alert["alert_id"] == "%s-%d" % (site.wearable.hex_id, sos.counter)
+        printed(site.board, "wearable: clock set", mark)  # before any ack: sent with the SOS's acceptance
+        assert abs(ctl.rtc_offset) < 5
+        site.ack(alert["alert_id"], "received")
+        printed(site.board, "wearable: sos %d acknowledged" % sos.counter, mark)
+        mark = ctl.mark()
+        ctl.wait_for(timeout=WAIT_S, since=mark, ev="sleep")
+        triple_press(ctl)
+        _, second = next_advert(site.board, mark, site.keys)
+        assert second.rid == rotating_id(site.keys, epoch_of(time.time()))  # back on the clock's epochs
+        assert site.alert("sos")["alert_id"] == "%s-%d" % (site.wearable.hex_id, second.counter)
