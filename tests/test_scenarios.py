@@ -131,3 +131,37 @@ def test_sim_load_loses_nothing_and_its_numbers_are_counts(tmp_path):
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
     assert "sent 300, received 300, lost 0, duplicates 0" in result.stdout
     assert "p99 %7.1f ms" % numbers["agent"]["p99_ms"] in result.stdout
+
+
+def test_the_documented_example_holds(tmp_path):
+    """The annotated example of simulators/scenarios/README.md, as a tester would copy it."""
+    readme = (SCENARIOS / "README.md").read_text()
+    example = tmp_path / "example.toml"
+    example.write_text(readme.split("```toml\n", 1)[1].split("```", 1)[0])
+    result = sim("run", example)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASS") == 4
+
+
+def fused_and_single_errors(agents_m, trials=2000, seed=1):
+    """Errors (m) of the fused estimate and of the strongest receiver's position, for random
+    wearable positions around ``agents_m`` (east, north), under the scenarios' radio model."""
+    import random
+    place, model, rng = Place((37.5663, 126.9779)), PathLoss(seed=2), random.Random(seed)
+    fused, single = [], []
+    for _ in range(trials):
+        east, north = rng.uniform(0, 60), rng.uniform(-10, 20)
+        receptions = [(*place.latlon(*a), rssi) for a in agents_m
+                      if (rssi := model.rssi(((a[0] - east) ** 2 + (a[1] - north) ** 2) ** 0.5)) is not None]
+        if receptions:
+            truth = place.latlon(east, north)
+            fused.append(place.distance_m(locate.fuse(receptions), truth))
+            single.append(place.distance_m(max(receptions, key=lambda r: r[2])[:2], truth))
+    return sorted(fused), sorted(single)
+
+
+def test_fused_position_is_better_than_one_receiver_under_the_model():
+    """The numbers in simulators/scenarios/README.md ("How accurate the fused position is")."""
+    for agents, fused_median, single_median in (([(0, 0), (60, 0)], 13, 19), ([(0, 0), (60, 0), (30, 50)], 11, 19)):
+        fused, single = fused_and_single_errors(agents)
+        assert round(fused[len(fused) // 2]) == fused_median and round(single[len(single) // 2]) == single_median

@@ -7,29 +7,20 @@ will). Bells and streetlights, on their agent's local broker; each board is a VM
 """
 
 import json
-import time
 
 from ansim_simulators.virtual_board import VirtualBoard
+# the pins and the night schedule of the demo's boards (the firmware's defaults)
+from ansim_tools.demo_story import BELL_BUTTON, LIGHT_PWM, SIREN, STROBE, TAMPER, night_now
+from ansim_tools.flash import copy_to_directory, firmware_files
 
-BELL_BUTTON, TAMPER, SIREN, STROBE = 0, 4, 25, 26
-LIGHT_PWM = 5
 PRESS_MS = 150
 BOOT_S = 30
-
-
-def _night_now():
-    """A schedule (UTC) whose night holds the present, so a light burns at its night level."""
-    now = time.gmtime()
-    minutes = now.tm_hour * 60 + now.tm_min
-    at = lambda m: "%02d:%02d" % ((m % 1440) // 60, m % 60)  # noqa: E731
-    return {"on": at(minutes - 120), "off": at(minutes + 120), "night_pct": 60, "day_pct": 0}
 
 
 class BoardDevice:
     """One bell or streetlight on a virtual board, flashed into ``directory``."""
 
     def __init__(self, spec, key, broker_port, directory, uid):
-        from ansim_tools.flash import copy_to_directory, firmware_files
         self.spec, self.directory, self.uid = spec, directory, uid
         self.board_dir = directory / spec.hex_id
         copy_to_directory(firmware_files(spec.role), self.board_dir)
@@ -39,7 +30,7 @@ class BoardDevice:
         if spec.role == "bell":
             config.update(button_pin=BELL_BUTTON, tamper_pin=TAMPER, siren_pin=SIREN, strobe_pin=STROBE)
         else:
-            config.update(pwm_pin=LIGHT_PWM, schedule=_night_now())
+            config.update(pwm_pin=LIGHT_PWM, schedule=night_now())
         (self.board_dir / "config.json").write_text(json.dumps(config))
         self.board = None
         self.powered = False

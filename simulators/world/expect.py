@@ -7,7 +7,6 @@ acks heard by the devices), and prints PASS or FAIL with the measured time or wh
 instead.
 """
 
-import time
 from dataclasses import dataclass, field
 
 from . import locate
@@ -190,7 +189,3 @@ def position_accuracy(place, alert_id, copies, heard, agent_positions, truth):
             "fused": fused, "fused_error_m": place.distance_m(fused, truth),
             "single_source": location["source"],
             "single_error_m": place.distance_m((location["lat"], location["lon"]), truth)}
-
-
-def now():
-    return time.time()

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from ansim_protocol import topics
 from ansim_simulators.broker import MosquittoBroker
 from ansim_simulators.faults import _Agent as AgentProcess
 
