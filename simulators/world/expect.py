@@ -145,6 +145,18 @@ class Judge:
         return (False, "no center_ack%s reached %s" % (" " + ex.status if ex.status else "", ex.device)) \
             if over else None
 
+    def _heard(self, ex, ref, close, over):
+        device = self.s.devices[ex.device].hex_id
+        for t, report in list(self.r.heard):
+            if ref <= t <= close and str(report.get("alert_id", "")).startswith(device + "-") \
+                    and (ex.agent is None or report.get("agent") == ex.agent):
+                return True, "%.2f s (%s heard %s at %s dBm)" % (t - ref, report.get("agent"), report.get("alert_id"),
+                                                                report.get("rssi"))
+        if not over:
+            return None
+        seen = ["%s/%s" % (r.get("agent"), r.get("alert_id")) for _, r in self.r.heard]
+        return False, "no heard report; seen: %s" % (", ".join(seen) or "none")
+
     # -- position -------------------------------------------------------------------------
     def _position(self, ex, ref, close, over):
         if not over:
@@ -177,12 +189,12 @@ def position_accuracy(place, alert_id, copies, heard, agent_positions, truth):
         position = agent_positions.get(agent)
         if position is not None:
             receptions.append((position[0], position[1], body.get("path", {}).get("rssi")))
-            receivers.append("%s %s dBm" % (agent, body.get("path", {}).get("rssi")))
+            receivers.append("%s %s dBm, alert" % (agent, body.get("path", {}).get("rssi")))
     for report in heard:
         pos = report.get("position") or {}
         if "lat" in pos and "lon" in pos:
             receptions.append((pos["lat"], pos["lon"], report.get("rssi")))
-            receivers.append("%s %s dBm" % (report.get("agent"), report.get("rssi")))
+            receivers.append("%s %s dBm, heard" % (report.get("agent"), report.get("rssi")))
     fused = locate.fuse(receptions)
     location = copies[0]["location"]
     return {"alert_id": alert_id, "receptions": len(receptions), "receivers": receivers,

@@ -17,7 +17,7 @@ SEOUL_CITY_HALL = (37.5663, 126.9779)
 ROLES = {"wearable": 0x00010000, "bell": 0x00020000, "streetlight": 0x00030000}
 BUTTONS = {"wearable": ("sos", "triple", "cancel", "test"), "bell": ("sos",)}
 OUTAGES = ("uplink", "center_broker", "local_broker", "wifi", "power", "agent")
-EXPECTS = ("alert", "no_alert", "light", "no_light", "ack", "position")
+EXPECTS = ("alert", "no_alert", "light", "no_light", "ack", "heard", "position")
 LIGHT_ACTIONS = ("blink", "brighten", "restore")
 ACK_STATUSES = ("received", "dispatched", "resolved", "test-ok")
 ALERT_TYPES = ("sos", "test_sos", "bell_press", "cancel", "tamper", "low_battery", "monitor", "lamp_fault",
@@ -444,6 +444,8 @@ def _expect(r, i, x, place, devices, agent_ids, names):
     elif what == "ack":
         ex.device = _device(r, "expect", i, x, devices, ("wearable", "bell"))
         ex.status = r.value("expect", i, x, "status", str, choices=ACK_STATUSES)
+    elif what == "heard":
+        ex.device = _device(r, "expect", i, x, devices, ("wearable",))
     elif what == "position":
         ex.device = _device(r, "expect", i, x, devices, ("wearable",))
         ex.type = r.value("expect", i, x, "type", str, default="sos", choices=ALERT_TYPES)
