@@ -165,3 +165,11 @@ def test_fused_position_is_better_than_one_receiver_under_the_model():
     for agents, fused_median, single_median in (([(0, 0), (60, 0)], 13, 19), ([(0, 0), (60, 0), (30, 50)], 11, 19)):
         fused, single = fused_and_single_errors(agents)
         assert round(fused[len(fused) // 2]) == fused_median and round(single[len(single) // 2]) == single_median
+
+
+def test_a_bad_agent_setting_exits_2_naming_the_agent_and_the_key(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text('[[agent]]\nid = "a"\nsettings = { center = { escalation_s = 0 } }\n[[expect]]\nwhat = "alert"\n')
+    result = sim("run", path)
+    assert result.returncode == 2
+    assert "settings.toml:1: [[agent]] a settings: [center] escalation_s: must be between 1 and 3600" in result.stdout

@@ -20,13 +20,15 @@ BOOT_S = 30
 class BoardDevice:
     """One bell or streetlight on a virtual board, flashed into ``directory``."""
 
-    def __init__(self, spec, key, broker_port, directory, uid):
+    def __init__(self, spec, key, broker_port, directory, uid, login=(None, None)):
         self.spec, self.directory, self.uid = spec, directory, uid
         self.board_dir = directory / spec.hex_id
         copy_to_directory(firmware_files(spec.role), self.board_dir)
         config = {"device_id": spec.hex_id, "role": spec.role, "key": key.hex(), "utc_offset_min": 0,
                   "broker": {"host": "127.0.0.1", "port": broker_port}, "position": list(spec.position),
                   "heartbeat_s": int(spec.heartbeat_s)}
+        if login[0]:
+            config["broker"].update(username=login[0], password=login[1])
         if spec.role == "bell":
             config.update(button_pin=BELL_BUTTON, tamper_pin=TAMPER, siren_pin=SIREN, strobe_pin=STROBE)
         else:

@@ -26,6 +26,7 @@ from ansim_agent import logs
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames, topics
 from ansim_protocol.crypto import DeviceKeys
+from ansim_simulators import waits
 from ansim_simulators.ble_radio import ThreadedAir
 from ansim_simulators.broker import MosquittoBroker, free_port
 from ansim_simulators.center import ControlCenter
@@ -37,11 +38,12 @@ from .boards import BoardDevice
 from . import place as place_module
 from .expect import Judge, Record
 from .radio_model import PathLoss
-from .scenario import load
+from .scenario import ScenarioError, load
 
 STEP_S = 0.02
 SETUP_WAIT_S = 30
 ROOT = "ansim/center/v1/"
+OBSERVER_USER = "scenario-observer"  # with [place] logins: reads every down topic, nothing else
 
 
 def run_files(paths, keep=False):
@@ -54,7 +56,13 @@ def run_files(paths, keep=False):
             print("ERROR %s" % err, flush=True)
             status = max(status, 2)
             continue
-        if not World(scenario).run(keep=keep):
+        try:
+            held = World(scenario).run(keep=keep)
+        except ScenarioError as err:
+            print("ERROR %s" % err, flush=True)
+            status = max(status, 2)
+            continue
+        if not held:
             status = max(status, 1)
     return status
 
@@ -110,10 +118,12 @@ class CenterObserver:
 class DownlinkObserver:
     """A subscriber on one local broker decoding each downlink with its device's key."""
 
-    def __init__(self, port, devices, record, lock, name):
+    def __init__(self, port, devices, record, lock, name, login=(None, None)):
         self.devices, self.record, self.lock = devices, record, lock  # device_id -> (name, DeviceKeys)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scenario-downlinks-" + name,
                                   protocol=mqtt.MQTTv311)
+        if login[0]:
+            self.client.username_pw_set(*login)
         self.client.reconnect_delay_set(0.1, 1)
         self.ready = threading.Event()
         self.client.on_connect = lambda c, *a: (c.subscribe(topics.ROOT + "dev/+/down", qos=1), self.ready.set())
@@ -191,7 +201,8 @@ class World:
         stack.callback(self.air.close)
         self.advertisers = {}  # Advertiser -> Wearable
         self.air.air.rssi_model = self._rssi
-        self.locals = {a.id: stack.enter_context(MosquittoBroker(workdir=workdir / ("local-" + a.id)))
+        self.passwords = {}
+        self.locals = {a.id: stack.enter_context(self._local_broker(workdir / ("local-" + a.id)))
                        for a in self.s.agents}
         self.uplinks = {}
         for a in self.s.agents:
@@ -218,13 +229,15 @@ class World:
             downlink_keys.setdefault(spec.agent, {})[spec.device_id] = (name, DeviceKeys(key))
             if spec.board:
                 self.devices[name] = BoardDevice(spec, key, self.locals[spec.agent].port, workdir / "boards",
-                                                 "240ac4%06x" % spec.device_id)
+                                                 "240ac4%06x" % spec.device_id, login=self._login(spec.hex_id))
                 continue
             cls = dev.Bell if spec.role == "bell" else dev.Light
             device = self.devices[name] = cls(spec, key, self.counters)
-            dev.Link("127.0.0.1", self.locals[spec.agent].port, [device], "dev-%s" % spec.hex_id)
+            dev.Link("127.0.0.1", self.locals[spec.agent].port, [device], "dev-%s" % spec.hex_id,
+                     *self._login(spec.hex_id))
         for agent_id, port in ((a.id, self.locals[a.id].port) for a in self.s.agents):
-            watcher = DownlinkObserver(port, downlink_keys.get(agent_id, {}), self.record, self.lock, agent_id)
+            watcher = DownlinkObserver(port, downlink_keys.get(agent_id, {}), self.record, self.lock, agent_id,
+                                       self._login(OBSERVER_USER))
             stack.callback(watcher.close)
             self._wait(watcher.ready.is_set, "the downlink observer on %s's broker" % agent_id)
         for device in self.devices.values():
@@ -247,6 +260,30 @@ class World:
                  % (len(self.s.agents), "" if len(self.s.agents) == 1 else "s", len(self.s.by_role("wearable")),
                     len(self.s.by_role("bell")), len(self.s.by_role("streetlight")), len(boards),
                     len(self.s.cameras)))
+
+    def _local_broker(self, directory):
+        """An agent's local broker; with ``[place] logins``, as ``ansim provision`` sets a site's:
+        every bell and light logs in with its own id and password, the agent as ansim-agent,
+        and the ACL of SPEC.md 6.2 confines each (plus a user for this run's downlink observer)."""
+        if not self.s.logins:
+            return MosquittoBroker(workdir=directory)
+        from ansim_tools import provision
+        if not self.passwords:
+            self.passwords = {name: provision._new_password() for name in
+                              [provision.AGENT_USER, OBSERVER_USER] + [d.hex_id for d in self.s.devices.values()]}
+        directory.mkdir(parents=True, exist_ok=True)
+        passwd = directory / "passwd"
+        passwd.write_text("".join("%s:%s\n" % (user, provision._mosquitto_hash(pw))
+                                  for user, pw in self.passwords.items()))
+        secret = directory / "agent.password"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.passwords[provision.AGENT_USER] + "\n")
+        acl = provision.ACL.splitlines() + ["user %s" % OBSERVER_USER, "topic read %sdev/+/down" % topics.ROOT]
+        return MosquittoBroker(workdir=directory, password_file=passwd, acl=acl)
+
+    def _login(self, user):
+        return (user, self.passwords[user]) if self.s.logins else (None, None)
 
     def _center(self):
         status = self.s.ack
@@ -287,12 +324,19 @@ class World:
                 "ble": {"enabled": True, "virtual_air": spec},
                 "metrics": {"port": 0},
             }
+            if self.s.logins:
+                sections["local_mqtt"].update(username="ansim-agent",
+                                              password_file=workdir / ("local-" + a.id) / "agent.password")
             for section, values in a.settings.items():
                 sections.setdefault(section, {}).update(values)
             path = workdir / ("agent-%s.toml" % a.id)
             path.write_text("".join("[%s]\n%s\n" % (n, "".join("%s = %s\n" % (k, _toml(v)) for k, v in vals.items()))
                                     for n, vals in sections.items()))
-            config_module.load(path)  # a bad settings value fails here, naming the key
+            try:
+                config_module.load(path)  # a bad settings value fails here, naming the key
+            except config_module.ConfigError as err:
+                raise ScenarioError("%s:%d: [[agent]] %s settings: %s" % (
+                    self.s.path, a.line, a.id, str(err).split(": ", 1)[-1])) from None
             self.configs[a.id] = path
 
     def _start_agent(self, agent_id):
@@ -344,11 +388,10 @@ class World:
         self.air.call(open_())
 
     def _wait(self, predicate, what, timeout=SETUP_WAIT_S):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError("%s: not within %d s" % (what, timeout))
-            time.sleep(STEP_S)
+        try:
+            waits.until(predicate, timeout, what)
+        except AssertionError as err:
+            raise TimeoutError(str(err)) from None
 
     # -- the timeline ---------------------------------------------------------------------
     def _timeline(self):

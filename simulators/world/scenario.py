@@ -37,6 +37,7 @@ class AgentSpec:
     position: tuple
     process: bool = False
     settings: dict = field(default_factory=dict)
+    line: int = 0
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Scenario:
     place: Place
     district: str
     fallback: str
+    logins: bool
     ack: str | None
     ack_delay_s: float
     agents: list
@@ -262,13 +264,14 @@ def load(path):
     duration_s = r.value("scenario", None, head, "duration_s", float, default=30.0, low=1)
 
     place_raw = raw.get("place", {})
-    r.keys("place", None, place_raw, ("origin", "district", "fallback"))
+    r.keys("place", None, place_raw, ("origin", "district", "fallback", "logins"))
     origin = SEOUL_CITY_HALL
     if "origin" in place_raw:
         origin = r._point(r.where("place", None, "origin"), place_raw["origin"], Place(SEOUL_CITY_HALL))
     place = Place(origin)
     district = r.value("place", None, place_raw, "district", str, default="jung-gu")
     fallback = r.value("place", None, place_raw, "fallback", str, default="citywide")
+    logins = r.value("place", None, place_raw, "logins", bool, default=False)
 
     center_raw = raw.get("center", {})
     r.keys("center", None, center_raw, ("ack", "ack_delay_s"))
@@ -290,7 +293,8 @@ def load(path):
                        "settings = { center = { escalation_s = 3 } }; the sections are %s"
                        % (section, ", ".join(AGENT_SECTIONS)))
         agents.append(AgentSpec(ident, r.point("agent", i, a, "at", place, required=False) or place.origin,
-                                r.value("agent", i, a, "process", bool, default=False), settings))
+                                r.value("agent", i, a, "process", bool, default=False), settings,
+                                r.line_of("agent", i)))
     if not agents:
         r.fail("0: [[agent]]", "no agent: add [[agent]] with id = \"edge-a\" and at = { east = 0, north = 0 }")
     agent_ids = [a.id for a in agents]
@@ -353,7 +357,7 @@ def load(path):
     expects = [_expect(r, i, x, place, devices, agent_ids, names) for i, x in enumerate(raw.get("expect", []))]
     if not expects:
         r.fail("0: [[expect]]", "no expectation: a scenario states its outcome; add [[expect]] what = \"alert\" ...")
-    return Scenario(path, name, description, seed, duration_s, place, district, fallback,
+    return Scenario(path, name, description, seed, duration_s, place, district, fallback, logins,
                     None if ack == "none" else ack, ack_delay_s, agents, devices, cameras, facilities,
                     sorted(events, key=lambda e: e.at_s), expects)
 
