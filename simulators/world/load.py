@@ -161,9 +161,16 @@ def _drain(arrivals, expected, drain_s):
         time.sleep(0.05)
 
 
-def _measure(label, bells, port, per_connection, rate, duration, arrivals, drain_s):
+def _measure(label, bells, port, per_connection, rate, duration, arrivals, drain_s, settle=False):
+    connected = time.monotonic()
     links = _links(bells, port, per_connection, label)
     pressed = {}
+    settled = None
+    if settle:
+        # the agent answers each bell's "online" with a time frame: 5,000 at once. Pressing
+        # starts once every bell has its own, so the run measures the steady state.
+        if _wait_for(lambda: all(b.received for b in bells), 120):
+            settled = time.monotonic() - connected
     try:
         sent, took = _press_loop(bells, rate, duration, pressed)
         _drain(arrivals, len(pressed), drain_s)
@@ -172,18 +179,34 @@ def _measure(label, bells, port, per_connection, rate, duration, arrivals, drain
             link.close()
     with arrivals._lock:
         first, copies = dict(arrivals.first), arrivals.copies
-    latencies = sorted((first[a] - t) * 1e3 for a, t in pressed.items() if a in first)
+    start = min(pressed.values()) if pressed else 0.0
+    timed = sorted(((first[a] - t) * 1e3, t - start) for a, t in pressed.items() if a in first)
+    latencies = [ms for ms, _ in timed]
+    # when, in the run, the presses over p99 were made: periodic stalls show as regular times
+    slow_at = sorted({round(at, 1) for ms, at in timed[int(0.99 * len(timed)):]})
     received = len(latencies)
     span = (max(first.values()) - min(pressed.values())) if first else 0.0
     result = {"what": label, "offered_per_s": rate, "sent": sent, "send_rate_per_s": sent / took if took else 0.0,
               "received": received, "lost": sent - received, "duplicates": copies - len(first),
               "unexpected": len(set(first) - set(pressed)),
-              "delivered_per_s": received / span if span else 0.0}
+              "delivered_per_s": received / span if span else 0.0, "over_p99_at_s": slow_at,
+              "online_to_time_frames_s": settled}
     if latencies:
         result.update({"p50_ms": _pct(latencies, 0.50), "p95_ms": _pct(latencies, 0.95),
                        "p99_ms": _pct(latencies, 0.99), "max_ms": latencies[-1],
                        "mean_ms": statistics.fmean(latencies)})
     return result
+
+
+def _spans(times):
+    """0.1, 0.2, 0.3, 5.1 -> "0.1-0.3, 5.1": the moments of a run, compactly."""
+    spans = []
+    for t in times:
+        if spans and t - spans[-1][1] <= 0.15:
+            spans[-1][1] = t
+        else:
+            spans.append([t, t])
+    return ", ".join("%.1f" % a if a == b else "%.1f-%.1f" % (a, b) for a, b in spans[:12])
 
 
 def _pct(ordered, q):
@@ -196,6 +219,11 @@ def _print(r):
     say("   %-22s offered %6.0f/s  sent %6.0f/s  delivered %6.0f/s" % (r["what"], r["offered_per_s"],
                                                                        r["send_rate_per_s"], r["delivered_per_s"]))
     say("   %-22s %s" % ("", lat))
+    if r.get("online_to_time_frames_s"):
+        say("   %-22s before pressing: every bell connected and had the agent's time frame after %.1f s"
+            % ("", r["online_to_time_frames_s"]))
+    if r["over_p99_at_s"]:
+        say("   %-22s the presses slower than p99 were made at %s s" % ("", _spans(r["over_p99_at_s"])))
     say("   %-22s sent %d, received %d, lost %d, duplicates %d%s" % (
         "", r["sent"], r["received"], r["lost"], r["duplicates"],
         ", %d not sent by this run" % r["unexpected"] if r["unexpected"] else ""))
@@ -231,7 +259,7 @@ def run(args):
                     return 1
                 say("   site: %d bells with their own keys, agent up, %.1f s" % (args.devices, time.monotonic() - made))
                 results["agent"] = _measure("agent", bells, local.port, args.per_connection, args.rate,
-                                            args.duration, arrivals, args.drain)
+                                            args.duration, arrivals, args.drain, settle=True)
             finally:
                 agent.stop()
                 arrivals.close()
