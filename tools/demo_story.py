@@ -301,7 +301,8 @@ class Story:
             % (" and ".join("%s (%.0f m away)" % (l.hex_id, geo.distance_m(spot, l.sim.position))
                             for l in self.lights), BLINK_HIGH, BLINK_LOW, ms(min(flashes) - pressed)))
         passive = decode.decode(advertisement, None)
-        say("   a passive scanner nearby learns only the rotating id %s: no identity, no position, no event."
+        say("   a passive scanner nearby sees the rotating id %s and, from the re-sends and the agent's ack, that"
+            " someone is calling for help: no identity, no position, nothing the frame says (SPEC.md 3.3)."
             % passive["rid"])
 
         mark = ctl.mark()
