@@ -14,7 +14,7 @@ def test_demo_story_holds_end_to_end():
     assert "within 6 m (gnss)" in out and "nearest CCTV: CCTV-" in out
     assert "streetlights within 50 m blink: 00030001" in out
     assert "flash 100% / 10% every 250 ms" in out
-    assert "learns only the rotating id" in out
+    assert "someone is calling for help: no identity, no position" in out
     assert "the wearable vibrates: acknowledged, " in out
     assert "Forgeries are refused" in out
     assert "경찰관을 연결 중입니다" in out and "경찰관이 연결되었습니다" in out
