@@ -43,6 +43,7 @@ from .scenario import ScenarioError, load
 STEP_S = 0.02
 SETUP_WAIT_S = 30
 ROOT = "ansim/center/v1/"
+SHARED_PER_LINK = 50
 OBSERVER_USER = "scenario-observer"  # with [place] logins: reads every down topic, nothing else
 
 
@@ -221,6 +222,12 @@ class World:
         self.counters = dev.Counters(workdir / "counters.json")
         self.devices = {}
         downlink_keys = {}
+        # Devices of a row (count > 1) share MQTT connections, SHARED_PER_LINK each (a mosquitto
+        # under the default 1,024 open files takes about 1,000); those a WiFi or power event
+        # targets have their own, with their own will, and so does every device under [place]
+        # logins (a login and its ACL are one device's).
+        alone = {ev.device for ev in self.s.events if ev.do == "outage" and ev.of in ("wifi", "power")}
+        shared = {}
         for name, spec in self.s.devices.items():
             key = self.keys[name]
             if spec.role == "wearable":
@@ -233,18 +240,26 @@ class World:
                 continue
             cls = dev.Bell if spec.role == "bell" else dev.Light
             device = self.devices[name] = cls(spec, key, self.counters)
-            dev.Link("127.0.0.1", self.locals[spec.agent].port, [device], "dev-%s" % spec.hex_id,
-                     *self._login(spec.hex_id))
+            if spec.group is None or name in alone or self.s.logins:  # a login is one device's
+                dev.Link("127.0.0.1", self.locals[spec.agent].port, [device], "dev-%s" % spec.hex_id,
+                         *self._login(spec.hex_id))
+            else:
+                shared.setdefault((spec.group, spec.agent), []).append(device)
+        for (group, agent_id), members in shared.items():
+            for i in range(0, len(members), SHARED_PER_LINK):
+                dev.Link("127.0.0.1", self.locals[agent_id].port, members[i:i + SHARED_PER_LINK],
+                         "devs-%d-%d" % (group, i))
         for agent_id, port in ((a.id, self.locals[a.id].port) for a in self.s.agents):
             watcher = DownlinkObserver(port, downlink_keys.get(agent_id, {}), self.record, self.lock, agent_id,
                                        self._login(OBSERVER_USER))
             stack.callback(watcher.close)
             self._wait(watcher.ready.is_set, "the downlink observer on %s's broker" % agent_id)
-        for device in self.devices.values():
-            if isinstance(device, dev.Fixed):
-                device.link.power_on()
+        links = {id(d.link): d.link for d in self.devices.values() if isinstance(d, dev.Fixed)}
+        for link in links.values():
+            link.power_on()
+            stack.callback(link.close)
+            for device in link.devices.values():
                 device.powered = True
-                stack.callback(device.link.close)
         boards = [d for d in self.devices.values() if isinstance(d, BoardDevice)]
         for board in boards:
             stack.callback(board.close)

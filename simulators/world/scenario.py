@@ -50,6 +50,7 @@ class DeviceSpec:
     heartbeat_s: float = 30.0
     fix: bool = True
     board: bool = False
+    group: int | None = None   # the table entry of a row (count > 1): its devices may share a connection
 
     @property
     def hex_id(self):
@@ -96,7 +97,8 @@ class Expect:
             if getattr(self, key):
                 parts.append("%s=%s" % (key, getattr(self, key)))
         if self.devices and not self.device:
-            parts.append("devices=%s" % ",".join(self.devices))
+            more = len(self.devices) - 6
+            parts.append("devices=%s%s" % (",".join(self.devices[:6]), " (+%d)" % more if more > 0 else ""))
         if self.what in ("alert", "no_alert") and self.center != "district":
             parts.append("center=%s" % self.center)
         if self.count is not None:
@@ -338,7 +340,8 @@ def load(path):
                 devices[label_n] = DeviceSpec(
                     label_n, role, device_id, place.latlon(east0 + n * step_m[0], north0 + n * step_m[1]), agent,
                     heartbeat_s=r.value(role, i, d, "heartbeat_s", float, default=30.0, low=1),
-                    fix=r.value(role, i, d, "fix", bool, default=True), board=board)
+                    fix=r.value(role, i, d, "fix", bool, default=True), board=board,
+                    group=r.line_of(role, i) if count > 1 else None)
             numbering += count
     cameras = []
     for i, c in enumerate(raw.get("camera", [])):
