@@ -197,6 +197,7 @@ class Wearable:
         self.spec, self.keys, self.counters, self.air = spec, DeviceKeys(key), counters, air
         self.on_air = on_air
         self.position = spec.position
+        self.powered = True
         self.advertiser = None
         self.last_sos = None
         self.acks = []            # (unix time, Frame) of center_acks heard

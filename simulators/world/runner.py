@@ -451,7 +451,9 @@ class World:
         self.say("  %5.1f s  %s%s" % (ev.at_s, ev.name + ": " if ev.name else "", self._describe(ev)))
         if ev.do == "press":
             device = self.devices[ev.device]
-            if isinstance(device, dev.Wearable):
+            if not getattr(device, "powered", True):
+                self.say("           (%s has no power: the press does nothing)" % ev.device)
+            elif isinstance(device, dev.Wearable):
                 counter = device.press(ev.button)
                 self.record.presses["%s-%d" % (device.spec.hex_id, counter)] = device.position
             else:
@@ -512,7 +514,12 @@ class World:
         device = self.devices[ev.device]
         if isinstance(device, dev.Wearable):
             device.stop()
-            return lambda: say_back("%s powered" % ev.device)
+            device.powered = False
+
+            def powered():
+                device.powered = True
+                say_back("%s powered" % ev.device)
+            return powered
         if isinstance(device, BoardDevice):
             if ev.of == "wifi":
                 device.wifi(False)
