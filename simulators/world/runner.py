@@ -48,23 +48,28 @@ OBSERVER_USER = "scenario-observer"  # with [place] logins: reads every down top
 
 
 def run_files(paths, keep=False):
-    """Run each scenario file; 0 if every one held, 1 otherwise (2 for a file that is not valid)."""
+    """Run each scenario file (a folder: its *.toml); 0 if every one held, 1 if one did not, 2 if
+    a file is not a valid scenario. A summary line per file at the end."""
     status = 0
-    for path in paths:
+    expanded = []
+    for path in map(Path, paths):  # a folder: every scenario in it
+        expanded += sorted(path.glob("*.toml")) if path.is_dir() else [path]
+    outcomes = []
+    for path in expanded:
+        started = time.monotonic()
         try:
-            scenario = load(path)
-        except ValueError as err:
-            print("ERROR %s" % err, flush=True)
-            status = max(status, 2)
-            continue
-        try:
-            held = World(scenario).run(keep=keep)
+            held = World(load(path)).run(keep=keep)
         except ScenarioError as err:
             print("ERROR %s" % err, flush=True)
+            outcomes.append((path, "INVALID", time.monotonic() - started))
             status = max(status, 2)
             continue
+        outcomes.append((path, "HELD" if held else "DID NOT HOLD", time.monotonic() - started))
         if not held:
             status = max(status, 1)
+    if len(outcomes) > 1:
+        print("\n".join(["", "%d scenarios:" % len(outcomes)] +
+                         ["  %-13s %5.1f s  %s" % (what, took, path) for path, what, took in outcomes]), flush=True)
     return status
 
 
