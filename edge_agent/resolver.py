@@ -23,6 +23,7 @@ class _Wearable:
         self.offset = offset
         self.clockless = clockless  # the highest clockless start n heard
         self.rids = ()
+        self.clockless_rids = (None, [])  # (clockless, [(rid, epoch)]): they do not move with time
 
 
 class RotatingIdResolver:
@@ -85,18 +86,20 @@ class RotatingIdResolver:
         device = self._devices[device_id]
         return device.last_epoch, device.offset, device.clockless
 
-    def _epochs(self, device):
+    def _rids(self, device):
+        """``[(rid, epoch)]`` of the epochs a frame of ``device`` made now can carry."""
         epochs = set()
         for centre in (self._epoch, self._epoch + device.offset):
             epochs.update(e for e in (centre - 1, centre, centre + 1) if 0 <= e < CLOCKLESS)
-        epochs.update(CLOCKLESS + n for n in range(device.clockless, device.clockless + CLOCKLESS_AHEAD + 1)
-                      if n < CLOCKLESS)
-        return sorted(epochs)
+        if device.clockless_rids[0] != device.clockless:
+            device.clockless_rids = (device.clockless, [
+                (rotating_id(device.keys, CLOCKLESS + n), CLOCKLESS + n)
+                for n in range(device.clockless, min(device.clockless + CLOCKLESS_AHEAD + 1, CLOCKLESS))])
+        return [(rotating_id(device.keys, e), e) for e in sorted(epochs)] + device.clockless_rids[1]
 
     def _index(self, device):
         rids = []
-        for epoch in self._epochs(device):
-            rid = rotating_id(device.keys, epoch)
+        for rid, epoch in self._rids(device):
             self._table.setdefault(rid, []).append((device.device_id, epoch))
             rids.append(rid)
         device.rids = tuple(rids)
