@@ -361,7 +361,9 @@ def test_a_press_while_the_broker_is_down_survives_a_power_cut(tmp_path, mqtt_cl
         counter = int(printed(board, "bell: press", mark)["text"].split()[-1])
         mark = ctl.mark()
         board.power_cycle()
-        printed(board, "bell: 1 frames from before the power went still to send", mark)
+        # the press, and the lid-open tamper of the boot if the broker went before acking it
+        kept = printed(board, "frames from before the power went still to send", mark)
+        assert kept["text"].split()[1] in ("1", "2"), kept["text"]
         site.local.start()
         alert = next_alert(site.center, "bell_press", timeout=3 * WAIT_S,
                            alert_id="%s-%d" % (bell.hex_id, counter))[0]
