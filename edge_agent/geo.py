@@ -35,6 +35,26 @@ MIN_RADIUS_M = 10.0
 MAX_RADIUS_M = 150.0
 
 
+def model_distance_m(rssi, p0=RSSI_AT_1M, exponent=PATH_LOSS_EXPONENT):
+    """The distance (at least 1 m) at which the log-distance model gives ``rssi`` dBm; no RSSI:
+    as far as BLE reaches in a street."""
+    if rssi is None:
+        return MAX_RADIUS_M
+    return max(1.0, 10 ** ((p0 - rssi) / (10 * exponent)))
+
+
+def weighted_centroid(receivers, p0=RSSI_AT_1M, exponent=PATH_LOSS_EXPONENT):
+    """Where receivers ``[(lat, lon, rssi or None)]`` that heard one transmission place it:
+    their centroid, each weighted 1/d^2 with d the model distance of its RSSI (stronger =
+    nearer = heavier). None without receivers."""
+    weights = [1.0 / model_distance_m(rssi, p0, exponent) ** 2 for _, _, rssi in receivers]
+    total = sum(weights)
+    if not total:
+        return None
+    return (sum(w * r[0] for w, r in zip(weights, receivers)) / total,
+            sum(w * r[1] for w, r in zip(weights, receivers)) / total)
+
+
 def radius_from_rssi(rssi):
     """How far a transmitter probably is from the receiver that heard it at ``rssi`` dBm, as an
     accuracy radius: twice the model distance, bounded to 10-150 m (BLE range in a street)."""

@@ -34,7 +34,7 @@ from collections.abc import Callable
 # What the agent accepts from the center is checked by the agent's own code: an ack for an id
 # it would refuse, or a walk it would refuse, is refused here already, with the same reason.
 from ansim_agent.center_messages import ALERT_ID, DEVICE_HEX, Refused, parse_monitor
-from ansim_agent.geo import MAX_RADIUS_M, PATH_LOSS_EXPONENT, RSSI_AT_1M, distance_m, radius_from_rssi
+from ansim_agent.geo import distance_m, model_distance_m, radius_from_rssi, weighted_centroid
 
 ROOT = "ansim/center/v1/"
 ALERTS_FILTER = ROOT + "+/alerts/#"
@@ -460,15 +460,9 @@ def estimate(receivers) -> dict:
     gives for that RSSI (stronger = nearer = heavier; no RSSI: as far as BLE reaches).
     ``accuracy_m`` is conservative: the circle around the estimate that holds the strongest
     receiver's whole accuracy circle."""
-    distances = [MAX_RADIUS_M if rssi is None else max(1.0, 10 ** ((RSSI_AT_1M - rssi) / (10 * PATH_LOSS_EXPONENT)))
-                 for _, _, rssi in receivers]
-    weights = [1.0 / d ** 2 for d in distances]
-    radii = [radius_from_rssi(rssi) for _, _, rssi in receivers]
-    total = sum(weights)
-    lat = sum(w * r[0] for w, r in zip(weights, receivers)) / total
-    lon = sum(w * r[1] for w, r in zip(weights, receivers)) / total
-    best = min(range(len(receivers)), key=distances.__getitem__)
-    accuracy = distance_m((lat, lon), receivers[best][:2]) + radii[best]
+    lat, lon = weighted_centroid(receivers)
+    best = min(receivers, key=lambda r: model_distance_m(r[2]))
+    accuracy = distance_m((lat, lon), best[:2]) + radius_from_rssi(best[2])
     return {"lat": lat, "lon": lon, "accuracy_m": round(accuracy, 1), "source": "rssi", "receivers": len(receivers)}
 
 
