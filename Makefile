@@ -21,6 +21,9 @@ test-faults: venv
 	$(BIN)/ansim faults --quiet $(foreach s,$(FAULT_SEEDS),--seed $(s)) --duration 90 --kills 20 \
 		--broker-restarts 3 --reboots 3 --center-drops 4 --center-outages 3 --outage-s 2 10
 
+# The headline story from simulators/scenarios/demo.toml, the console's map live (its URL is printed);
+# waits for Enter at the end on a terminal, ends with the story without one (CI). `ansim demo --firmware`:
+# the real firmware's story on virtual boards.
 demo: venv
 	$(BIN)/ansim demo
 

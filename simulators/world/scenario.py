@@ -90,6 +90,7 @@ class Expect:
     action: str | None = None
     status: str | None = None
     max_error_m: float | None = None
+    narrate: str | None = None   # a story line for ``ansim demo``; the runner does not judge it
 
     def describe(self):
         parts = [self.what]
@@ -421,9 +422,10 @@ def _event(r, i, e, place, devices, agent_ids):
 
 def _expect(r, i, x, place, devices, agent_ids, names):
     r.keys("expect", i, x, ("what", "type", "device", "devices", "agent", "center", "after", "within_s", "count",
-                            "action", "status", "max_error_m", "near", "radius_m"))
+                            "action", "status", "max_error_m", "near", "radius_m", "narrate"))
     what = r.value("expect", i, x, "what", str, required=True, choices=EXPECTS)
     ex = Expect(what, r.line_of("expect", i))
+    ex.narrate = r.value("expect", i, x, "narrate", str)
     ex.after = r.value("expect", i, x, "after", str, choices=names or None)
     if ex.after is not None and not names:
         r.fail(r.where("expect", i, "after"), "no event has a name: add name = \"%s\" to the event" % ex.after)
