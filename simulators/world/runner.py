@@ -420,13 +420,17 @@ class World:
         agent_positions = {a.id: a.position for a in self.s.agents}
         judge = Judge(self.s, self.record, self.event_times, agent_positions, start_wall)
         pending = list(self.s.events)
+        waiting = []  # acks of alerts not at the center yet: done as soon as the alert is
         # a bell or light says something as it starts (as the firmware's first heartbeat), then every heartbeat_s
         beats = {name: start for name, d in self.devices.items() if isinstance(d, dev.Fixed)}
         while True:
             now = time.monotonic()
             elapsed = now - start
             while pending and pending[0].at_s <= elapsed:
-                self._do(pending.pop(0))
+                ev = pending.pop(0)
+                if not self._do(ev):
+                    waiting.append(ev)
+            waiting = [ev for ev in waiting if not self._ack(ev, again=True)]
             for due, work in [r for r in self.restores if r[0] <= now]:
                 self.restores.remove((due, work))
                 work()
@@ -442,7 +446,7 @@ class World:
                     d.tick()
             with self.lock:
                 judge.step(time.time())
-            busy = pending or self.restores or self.walks
+            busy = pending or waiting or self.restores or self.walks
             if (judge.decided() and not busy) or elapsed > self.s.duration_s:
                 break
             time.sleep(STEP_S)
@@ -452,6 +456,7 @@ class World:
         return not judge.failed()
 
     def _do(self, ev):
+        """Carry out ``ev``; False for an ack whose alert has not reached the center yet."""
         self.event_times[ev.name or "#%d" % id(ev)] = time.time()
         self.say("  %5.1f s  %s%s" % (ev.at_s, ev.name + ": " if ev.name else "", self._describe(ev)))
         if ev.do == "press":
@@ -464,21 +469,33 @@ class World:
             else:
                 device.press()
         elif ev.do == "ack":
-            hex_id = self.s.devices[ev.device].hex_id
-            with self.lock:
-                ids = [b["alert_id"] for _, c, b in self.record.alerts
-                       if c == self.s.district and b.get("device", {}).get("id") == hex_id
-                       and b.get("type") in ("sos", "bell_press", "test_sos")]
-            if not ids:
-                self.say("           (no alert of %s to acknowledge yet)" % ev.device)
-            else:
-                self.center.ack(ids[-1], ev.status)
+            return self._ack(ev)
         elif ev.do == "walk":
             self.walks.append(Walk(self, ev))
         elif ev.do == "outage":
             undo = self._outage(ev)
             if ev.for_s is not None:
                 self.restores.append((time.monotonic() + ev.for_s, undo))
+        return True
+
+    def _ack(self, ev, again=False):
+        """The center acknowledges the device's newest alert; one not there yet (an uplink
+        outage) is acknowledged when it arrives, as an operator would. False until then."""
+        hex_id = self.s.devices[ev.device].hex_id
+        with self.lock:
+            ids = [b["alert_id"] for _, c, b in self.record.alerts
+                   if c == self.s.district and b.get("device", {}).get("id") == hex_id
+                   and b.get("type") in ("sos", "bell_press", "test_sos")]
+        if not ids:
+            if not again:
+                self.say("           (no alert of %s yet: acknowledged when it comes)" % ev.device)
+            return False
+        if again:
+            self.event_times[ev.name or "#%d" % id(ev)] = time.time()
+            self.say("  %5.1f s  %s's alert came: the center acknowledges it (%s)"
+                     % (time.time() - self.start_wall, ev.device, ev.status))
+        self.center.ack(ids[-1], ev.status)
+        return True
 
     def _describe(self, ev):
         if ev.do == "press":
