@@ -195,9 +195,12 @@ def capture(tmp_path_factory):
         try:
             ready = live_a_little(wearable)
             events = wearable.ctl.events()
-            last = bytes.fromhex([e for e in events if e.get("ev") == "adv" and e["data"]][-1]["data"])
-            waits.until(lambda: any(h["data"] == last for h in scanner.heard), WAIT_S,
-                        "the scanner to hear the last advert")
+            adverts = [e for e in events if e.get("ev") == "adv"]
+            last, stop = bytes.fromhex([e for e in adverts if e["data"]][-1]["data"]), adverts[-1]
+            assert stop["data"] is None  # the wearable stopped advertising: its last segment is over
+            # the air delivers with a lag: wait for one of the adverts sent in the segment's last 0.1 s
+            waits.until(lambda: any(h["data"] == last and h["t"] >= stop["t"] - 0.1 for h in scanner.heard),
+                        WAIT_S, "the scanner to hear the end of the last transmission")
         finally:
             wearable.close()
             scanner.close()
