@@ -43,7 +43,7 @@ BlueZ's rules, and how this module follows them:
   controllers without extended advertising keep the kernel's interval.
 
 ``VirtualAdvertiser`` has the same interface for the simulators: it puts the same on-air
-bytes on a ``ansim_simulators.ble_radio`` virtual air, so tests and the demo hear the agent
+bytes on a ``ansim_simulators.hardware.ble_radio`` virtual air, so tests and the demo hear the agent
 with bleak and ``BleIntake``.
 """
 
@@ -426,7 +426,7 @@ def _unavailable(what):
 
 
 class VirtualAdvertiser(_Transmitter):
-    """The same interface on a virtual radio (``ansim_simulators.ble_radio``), for tests and
+    """The same interface on a virtual radio (``ansim_simulators.hardware.ble_radio``), for tests and
     the demo: each advertisement is an ``Advertiser`` on ``air`` sending ``on_air_data(frame)``.
 
     ``air``: a ``VirtualAir`` on this event loop, or a ``ThreadedAir`` (its own thread).

@@ -5,7 +5,7 @@ one ``ansim provision`` gave the wearables; default 0xFFFF, the Bluetooth SIG's 
 Manufacturer data under any other company is not ours: counted in ``ignored``, never decoded.
 
 Scanning goes through bleak's public API only, so the same code runs on BlueZ (the Pi) and on
-any custom bleak backend (``ansim_simulators.ble_radio`` for tests and the demo). It hands the
+any custom bleak backend (``ansim_simulators.hardware.ble_radio`` for tests and the demo). It hands the
 raw frame to the core and decodes nothing: verification, dedup and replay checks are the
 core's.
 

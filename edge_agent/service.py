@@ -143,7 +143,7 @@ class Agent:
         from .ble_intake import BleIntake
         backend = None
         if settings["virtual_air"]:
-            from ansim_simulators.ble_radio import bleak_backend_for
+            from ansim_simulators.hardware.ble_radio import bleak_backend_for
             backend = bleak_backend_for(settings["virtual_air"])
         return BleIntake(self.intake.put, receiver=settings["adapter"], backend=backend,
                          adapter=settings["adapter"], scanning_mode=settings["scanning"],

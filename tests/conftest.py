@@ -1,12 +1,12 @@
 """Fixtures with real parts: private mosquitto brokers on free ports (plain, TLS with client
 certificates and the device ACL, a bridged pair), always torn down, and connected MQTT clients.
-The logic lives in ansim_simulators.broker so that the demo and the simulators reuse it."""
+The logic lives in ansim_simulators.fixtures.broker so that the demo and the simulators reuse it."""
 
 import pytest
 
-from ansim_simulators.broker import DEVICE_ACL, Bridge, MosquittoBroker
-from ansim_simulators.pki import create_pki
-from ansim_simulators.smallfs import MountUnavailable, SmallFilesystem
+from ansim_simulators.fixtures.broker import DEVICE_ACL, Bridge, MosquittoBroker
+from ansim_simulators.fixtures.pki import create_pki
+from ansim_simulators.fixtures.smallfs import MountUnavailable, SmallFilesystem
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def bridged_brokers(tmp_path):
 @pytest.fixture
 def mqtt_client():
     """Factory ``mqtt_client(broker, **connect_kwargs)`` for connected SyncClients (MQTT v5 by
-    default, see ansim_simulators.broker.connect_client), closed after the test."""
+    default, see ansim_simulators.fixtures.broker.connect_client), closed after the test."""
     made = []
 
     def make(broker, **kwargs):
@@ -57,7 +57,7 @@ def mqtt_client():
 @pytest.fixture
 def small_filesystem(tmp_path):
     """Factory ``small_filesystem(size_bytes, kind="tmpfs")``: a mounted
-    ansim_simulators.smallfs.SmallFilesystem (tmpfs, or a loop-mounted ext4 image) below
+    ansim_simulators.fixtures.smallfs.SmallFilesystem (tmpfs, or a loop-mounted ext4 image) below
     tmp_path, to fill up or make read-only; unmounted after the test (stop whatever has files
     open on it first). Skips when mounting needs root and this is not root."""
     mounted = []

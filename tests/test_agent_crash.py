@@ -13,8 +13,8 @@ import time
 
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import Street
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import Street
 
 ALERTS_PER_BELL = 400
 KILLS = 3

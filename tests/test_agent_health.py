@@ -9,9 +9,9 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators import waits
-from ansim_simulators.broker import MosquittoBroker, free_port
-from ansim_simulators.street import ORIGIN, Street, offset
+from ansim_simulators.fixtures import waits
+from ansim_simulators.fixtures.broker import MosquittoBroker, free_port
+from ansim_simulators.world.street import ORIGIN, Street, offset
 from test_agent_crash import start_agent
 
 WAIT_S = 10

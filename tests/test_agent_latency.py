@@ -13,8 +13,8 @@ from ansim_agent import service
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import Street
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import Street
 
 WAIT_S = 10
 

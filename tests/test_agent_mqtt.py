@@ -11,9 +11,9 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators import waits
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import Street
+from ansim_simulators.fixtures import waits
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import Street
 from test_alert_schema import VALIDATOR
 
 WAIT_S = 10

@@ -17,10 +17,10 @@ from ansim_agent.service import Agent
 from ansim_protocol import ble, frames, serial_link, topics
 from ansim_protocol.crypto import DeviceKeys, epoch_of
 from ansim_agent.ble_intake import BleIntake
-from ansim_simulators import waits
-from ansim_simulators.ble_radio import ThreadedAir, bleak_backend_for
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import ORIGIN, Street
+from ansim_simulators.fixtures import waits
+from ansim_simulators.hardware.ble_radio import ThreadedAir, bleak_backend_for
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import ORIGIN, Street
 from test_core import Clock, make_core
 
 WAIT_S = 10

@@ -10,9 +10,9 @@ import pytest
 
 from ansim_agent import config as config_module
 from ansim_agent.service import Agent
-from ansim_simulators import waits
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import Street
+from ansim_simulators.fixtures import waits
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import Street
 from test_agent_crash import start_agent
 
 WAIT_S = 10

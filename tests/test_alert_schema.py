@@ -11,7 +11,7 @@ from ansim_agent.intake import Reception
 from ansim_protocol import frames
 from ansim_protocol.crypto import DeviceKeys, epoch_of
 from test_core import NOW, Clock, make_core
-from ansim_simulators.street import Street
+from ansim_simulators.world.street import Street
 
 SCHEMA = json.loads((pathlib.Path(alerts.__file__).parent / "alert.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())

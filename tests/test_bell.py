@@ -15,10 +15,10 @@ from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
-from ansim_simulators import waits
-from ansim_simulators.broker import DEVICE_MAX_PACKET_SIZE, MosquittoBroker
-from ansim_simulators.street import Street
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.fixtures import waits
+from ansim_simulators.fixtures.broker import DEVICE_MAX_PACKET_SIZE, MosquittoBroker
+from ansim_simulators.world.street import Street
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
 BUTTON, TAMPER, SIREN, STROBE = 0, 4, 25, 26

@@ -17,7 +17,7 @@ from ansim_agent.ble_intake import BleIntake
 from ansim_agent.intake import IntakeUnavailable
 from ansim_protocol import ble, frames
 from ansim_protocol.crypto import DeviceKeys, epoch_of
-from ansim_simulators.ble_radio import VirtualAir, advertisement_data, bleak_backend_for
+from ansim_simulators.hardware.ble_radio import VirtualAir, advertisement_data, bleak_backend_for
 
 TIMEOUT = 5.0
 NOW = 1_800_000_000

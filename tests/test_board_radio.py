@@ -15,11 +15,11 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames
 from ansim_protocol.crypto import DeviceKeys, epoch_of
-from ansim_simulators.ble_radio import ThreadedAir, VirtualAir, bleak_backend_for
-from ansim_simulators.board_radio import BoardRadio
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import Street
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.ble_radio import ThreadedAir, VirtualAir, bleak_backend_for
+from ansim_simulators.hardware.board_radio import BoardRadio
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import Street
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 
 TIMEOUT = 10.0
 BUTTON = 0

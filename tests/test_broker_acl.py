@@ -24,9 +24,9 @@ import pytest
 from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import topics
-from ansim_simulators import waits
-from ansim_simulators.broker import ConnectFailed, MosquittoBroker
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.fixtures import waits
+from ansim_simulators.fixtures.broker import ConnectFailed, MosquittoBroker
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
 BELL, LIGHT1, LIGHT2 = 0x00020001, 0x00030001, 0x00030002

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from ansim_simulators import broker as broker_module
+from ansim_simulators.fixtures import broker as broker_module
 import paho.mqtt.client as mqtt
 
-from ansim_simulators.broker import (DEVICE_MAX_PACKET_SIZE, MAX_PACKET_SIZE, BrokerError, ConnectFailed,
+from ansim_simulators.fixtures.broker import (DEVICE_MAX_PACKET_SIZE, MAX_PACKET_SIZE, BrokerError, ConnectFailed,
                                      MosquittoBroker, MosquittoNotFound)
-from ansim_simulators.pki import TlsFiles
+from ansim_simulators.fixtures.pki import TlsFiles
 
 DEVICE = "00020001"
 OTHER = "00020002"
@@ -126,7 +126,7 @@ def test_broker_that_cannot_start_reports_why(tmp_path):
 
 OWNER = """
 import sys
-from ansim_simulators.broker import MosquittoBroker
+from ansim_simulators.fixtures.broker import MosquittoBroker
 broker = MosquittoBroker(workdir=sys.argv[1]).start()
 print(broker.pid, flush=True)
 sys.stdin.read()

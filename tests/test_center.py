@@ -14,9 +14,9 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.center import ControlCenter
-from ansim_simulators.street import Street
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.center.control_center import ControlCenter
+from ansim_simulators.world.street import Street
 
 WAIT_S = 10
 STATE = "ansim/center/v1/agents/%s/state"

@@ -13,7 +13,7 @@ from ansim_agent.center_messages import Refused, parse_ack, parse_monitor, parse
 from ansim_protocol import frames
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
-from ansim_simulators.street import Street
+from ansim_simulators.world.street import Street
 from test_core import Clock, make_core
 
 JSON = st.recursive(

@@ -22,10 +22,10 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators import waits
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.center import center_acl
-from ansim_simulators.street import Street
+from ansim_simulators.fixtures import waits
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.center.control_center import center_acl
+from ansim_simulators.world.street import Street
 from ansim_tools.console import site as site_module
 from ansim_tools.console.broker import CenterLink
 from ansim_tools.console.cli import describe

@@ -10,7 +10,7 @@ from ansim_agent.intake import Reception
 from ansim_agent.store import Store
 from ansim_protocol import frames
 from ansim_protocol.crypto import CLOCKLESS, DeviceKeys, epoch_of
-from ansim_simulators.street import ORIGIN, Street
+from ansim_simulators.world.street import ORIGIN, Street
 
 NOW = 1_800_000_000.0
 

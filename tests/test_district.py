@@ -14,9 +14,9 @@ from ansim_agent.intake import Reception
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys, epoch_of
-from ansim_simulators import waits
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import ORIGIN, Street
+from ansim_simulators.fixtures import waits
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import ORIGIN, Street
 
 WAIT_S = 10
 

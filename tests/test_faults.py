@@ -1,7 +1,7 @@
 """The fault run of issue 8, short form (`make test-faults` runs the long one): bell presses
 at ~290/s through the real agent while it is killed (kill -9), the Pi's broker is restarted,
 the Pi rebooted, the center dropped and taken away; counted at the center and at the bells by
-observers of their own (ansim_simulators.faults). Nothing may be lost, the first arrivals of
+observers of their own (ansim_simulators.world.faults). Nothing may be lost, the first arrivals of
 each device's alerts come in counter order, and every ack the center's broker accepted reaches
 its bell as a center_ack frame the bell accepts. Duplicates by alert id are allowed (at least
 once) and printed with the report."""
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from ansim_simulators.faults import KINDS, FaultRun, draw_schedule
+from ansim_simulators.world.faults import KINDS, FaultRun, draw_schedule
 
 SEED = os.environ.get("ANSIM_SEED", "ci-1")
 

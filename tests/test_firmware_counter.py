@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ansim_simulators import micropython_vm
+from ansim_simulators.hardware import micropython_vm
 
 SCRIPT = micropython_vm.REPO / "tests" / "micropython" / "counter_run.py"
 

@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("quick_timeout")
 
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from ansim_tools import flash
 from ansim_tools.provision import Site
 
@@ -141,7 +141,7 @@ def quick_timeout(monkeypatch):
 def test_a_provisioned_light_flashed_with_ansim_flash_boots_into_its_firmware(tmp_path, mqtt_client):
     """The technician's path: provision, `ansim flash` (real mpremote), reset, and the light
     joins the broker on its own."""
-    from ansim_simulators.broker import MosquittoBroker
+    from ansim_simulators.fixtures.broker import MosquittoBroker
     from ansim_protocol import topics
     with MosquittoBroker(workdir=tmp_path / "broker") as broker:
         Site(tmp_path / "site").add("streetlight", 1, [37.5663, 126.9779], None, "127.0.0.1:%d" % broker.port)

@@ -11,8 +11,8 @@ from ansim_agent.monitoring import Route
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import ORIGIN, Street, offset
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import ORIGIN, Street, offset
 from test_core import Clock, make_core
 
 WAIT_S = 10

@@ -8,7 +8,7 @@ from functools import reduce
 
 import pytest
 
-from ansim_simulators import micropython_vm
+from ansim_simulators.hardware import micropython_vm
 
 
 def sentence(body):

@@ -22,7 +22,7 @@ import tomllib
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from ansim_simulators import micropython_vm
+from ansim_simulators.hardware import micropython_vm
 from ansim_tools import cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def test_a_vm_built_from_debian_source_runs_the_firmware(tmp_path, monkeypatch):
 
 BOARD = """
 import sys, time
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 with VirtualBoard(sys.argv[1], "socket", workdir=sys.argv[2]) as board:
     print(board.port, flush=True)
     sys.stdin.read()
@@ -178,7 +178,7 @@ def test_a_wheel_alone_carries_the_firmware_and_runs_flash_freeze_and_the_demo(t
         return result.stdout
 
     assert ansim("--version").strip() == "ansim %s" % PYPROJECT["project"]["version"]
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import ansim_tools.flash as f, ansim_simulators."
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import ansim_tools.flash as f, ansim_simulators.hardware."
                             "micropython_vm as m; print(f.FIRMWARE_DIR); print(f.PROTOCOL_DIR); print(m.binary())"],
                            cwd=work, env=env, capture_output=True, text=True, timeout=60)
     firmware_dir, protocol_dir, vm = where.stdout.split()

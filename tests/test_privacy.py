@@ -21,10 +21,10 @@ from bumble.device import Device
 
 from ansim_protocol import ble, frames
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.ble_radio import ThreadedAir
-from ansim_simulators import waits
-from ansim_simulators.board_radio import BoardRadio
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.ble_radio import ThreadedAir
+from ansim_simulators.fixtures import waits
+from ansim_simulators.hardware.board_radio import BoardRadio
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
 BUTTON, BATTERY = 0, 35

@@ -16,7 +16,7 @@ import pytest
 
 from ansim_agent import systemd
 from ansim_agent.systemd import Heartbeat, Watchdog, ready, status, stopping, watchdog_interval
-from ansim_simulators import waits
+from ansim_simulators.fixtures import waits
 
 UNIT = Path(__file__).resolve().parent.parent / "edge_agent" / "ansim-agent.service"
 WAIT_S = 5

@@ -19,10 +19,10 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.center import AGENT_ACL, ControlCenter, center_acl
-from ansim_simulators.pki import TlsFiles, create_pki
-from ansim_simulators.street import ORIGIN, Street, offset
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.center.control_center import AGENT_ACL, ControlCenter, center_acl
+from ansim_simulators.fixtures.pki import TlsFiles, create_pki
+from ansim_simulators.world.street import ORIGIN, Street, offset
 
 WAIT_S = 10
 AGENT = "edge-test-01"

@@ -14,7 +14,7 @@ import time
 import pytest
 import serial
 
-from ansim_simulators.virtual_board import BOARD_SRC, VirtualBoard
+from ansim_simulators.hardware.virtual_board import BOARD_SRC, VirtualBoard
 
 BIN = pathlib.Path(sys.executable).parent
 MPREMOTE = str(BIN / "mpremote")

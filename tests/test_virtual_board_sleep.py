@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 
 HOUR_MS = 3600 * 1000
 DEEPSLEEP_RESET, PWRON_RESET, HARD_RESET = 4, 1, 2

@@ -10,7 +10,7 @@ import pytest
 
 from ansim_protocol import ble, frames
 from ansim_protocol.crypto import CLOCKLESS, DeviceKeys, epoch_of, rotating_id
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
 BUTTON, LED, MOTOR, BATTERY, GNSS_UART = 0, 2, 4, 35, 2
@@ -217,8 +217,8 @@ class SosOnTheAir:
     virtual air the test can advertise on (``advertise``)."""
 
     def __init__(self, board):
-        from ansim_simulators.ble_radio import ThreadedAir
-        from ansim_simulators.board_radio import BoardRadio
+        from ansim_simulators.hardware.ble_radio import ThreadedAir
+        from ansim_simulators.hardware.board_radio import BoardRadio
         self.board, self.ctl = board, board.control
         self.air = ThreadedAir()
         self._radio = BoardRadio(board, self.air)

@@ -14,11 +14,11 @@ from ansim_agent import config as config_module
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames
 from ansim_protocol.crypto import CLOCKLESS, ROTATION_PERIOD_S, DeviceKeys, epoch_of, rotating_id
-from ansim_simulators.ble_radio import ThreadedAir
-from ansim_simulators.board_radio import BoardRadio
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.street import Street
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.ble_radio import ThreadedAir
+from ansim_simulators.hardware.board_radio import BoardRadio
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.street import Street
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
 BUTTON, MOTOR = 0, 4

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ansim_protocol import frames
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 from test_wearable import BATTERY, BUTTON, FULL_BATTERY_U16, KEYS, WAIT_S, flash, on_air, printed
 
 DEEPSLEEP_RESET, TIMER_WAKE, EXT0_WAKE, GPIO_WAKE = 4, 4, 2, 7

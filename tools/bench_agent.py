@@ -35,8 +35,8 @@ from ansim_agent.metrics import Metrics
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys, epoch_of
-from ansim_simulators.broker import MosquittoBroker, connect_client
-from ansim_simulators.street import Street
+from ansim_simulators.fixtures.broker import MosquittoBroker, connect_client
+from ansim_simulators.world.street import Street
 
 TARGETS = {"p99_added_ms": 3.0, "durable_per_s": 1000, "intake_per_s": 20000, "rss_mb_10k": 150}
 ACKS = 40     # center acks timed one by one (section 6)
@@ -489,7 +489,7 @@ def _raw_ack_relay(local, center, count):
 # -- 7. BLE advert -> center ------------------------------------------------------------------------
 
 def bench_ble(directory, count):
-    from ansim_simulators.ble_radio import ThreadedAir
+    from ansim_simulators.hardware.ble_radio import ThreadedAir
     say("\n7. BLE advert -> center: %d SOS advertisements on the virtual air, one at a time" % count)
     air = ThreadedAir()
     center = MosquittoBroker(workdir=directory / "center").start()
@@ -542,7 +542,7 @@ def _on_air(air, adverts, view, matches):
 def _raw_ble_relay(air, center, adverts, view):
     from bleak import BleakScanner
     from ansim_protocol.ble import COMPANY_ID
-    from ansim_simulators.ble_radio import bleak_backend_for
+    from ansim_simulators.hardware.ble_radio import bleak_backend_for
     out = connect_client("127.0.0.1", center.port, client_id="raw-ble-out")
 
     def heard(device, adv):

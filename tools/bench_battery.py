@@ -1,7 +1,7 @@
 """``ansim bench battery``: how long a wearable lives on its cell, measured on the virtual board.
 
 The real wearable firmware runs a virtual day (``--hours``, 24) on an ESP32-C3 virtual board
-with the time warp (simulators/virtual_board.py: sleeps take no time, awake it runs at real
+with the time warp (simulators/hardware/virtual_board.py: sleeps take no time, awake it runs at real
 speed): power-on, idle, its heartbeats (6 h on average, jittered), at 1/3 of the day one SOS
 held 1.3 s that nobody acknowledges (no agent: its 3 s burst and re-sends, listening for the
 ack, until ``sos_timeout_s``, 120 s), at 2/3 an SOS cancelled by a second long press. The
@@ -31,7 +31,7 @@ from pathlib import Path
 from ansim_protocol import ble, frames
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
-from ansim_simulators.virtual_board import BoardError, VirtualBoard
+from ansim_simulators.hardware.virtual_board import BoardError, VirtualBoard
 from ansim_tools.flash import copy_to_directory, firmware_files
 
 DATASHEET = "https://www.espressif.com/sites/default/files/documentation/esp32-c3_datasheet_en.pdf"

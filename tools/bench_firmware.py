@@ -1,5 +1,5 @@
 """The benchmark behind ``ansim bench firmware``: each role's firmware on the virtual board
-(the real MicroPython unix VM, simulators/virtual_board.py) against a real mosquitto, printed
+(the real MicroPython unix VM, simulators/hardware/virtual_board.py) against a real mosquitto, printed
 next to a baseline measured in the same run, because these machines are shared and noisy:
 compare columns, not runs.
 
@@ -89,9 +89,9 @@ from pathlib import Path
 from ansim_protocol import ble, frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
-from ansim_simulators.broker import MosquittoBroker, connect_client
-from ansim_simulators.micropython_vm import binary as micropython_binary
-from ansim_simulators.virtual_board import BoardError, VirtualBoard
+from ansim_simulators.fixtures.broker import MosquittoBroker, connect_client
+from ansim_simulators.hardware.micropython_vm import binary as micropython_binary
+from ansim_simulators.hardware.virtual_board import BoardError, VirtualBoard
 from ansim_tools.flash import FlashError, copy_to_directory, firmware_files, precompile
 
 ROLES = ("bell", "streetlight", "wearable")

@@ -25,12 +25,12 @@ from ansim_agent import geo, logs
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames, topics
 from ansim_protocol.crypto import DeviceKeys, epoch_of
-from ansim_simulators.ble_radio import ThreadedAir
-from ansim_simulators.board_radio import BoardRadio
-from ansim_simulators.broker import MosquittoBroker, connect_client
-from ansim_simulators.center import ControlCenter
-from ansim_simulators.street import ORIGIN, Street, offset
-from ansim_simulators.virtual_board import BoardError, VirtualBoard
+from ansim_simulators.hardware.ble_radio import ThreadedAir
+from ansim_simulators.hardware.board_radio import BoardRadio
+from ansim_simulators.fixtures.broker import MosquittoBroker, connect_client
+from ansim_simulators.center.control_center import ControlCenter
+from ansim_simulators.world.street import ORIGIN, Street, offset
+from ansim_simulators.hardware.virtual_board import BoardError, VirtualBoard
 
 from . import decode
 from .flash import copy_to_directory, firmware_files

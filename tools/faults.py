@@ -1,7 +1,7 @@
 """``ansim faults``: the fault run of issue 8 against the real agent on this machine: bell
 presses streamed into a private Pi broker while the agent is killed (kill -9), the Pi's broker
 restarted, the Pi rebooted and the center dropped or taken away, counted at the center and at
-the bells by observers of their own (ansim_simulators.faults).
+the bells by observers of their own (ansim_simulators.world.faults).
 
 Exit status: 0 when every run passed; 1 when any alert was lost, came out of order, an ack
 was not relayed, or the run did not drain; 2 for a bad schedule (too many faults for the
@@ -44,7 +44,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from ansim_simulators.faults import FaultRun, load_schedule
+    from ansim_simulators.world.faults import FaultRun, load_schedule
 
     seeds = args.seed or ["1"]
     runs = []

@@ -8,7 +8,7 @@ will). Bells and streetlights, on their agent's local broker; each board is a VM
 
 import json
 
-from ansim_simulators.virtual_board import VirtualBoard
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 # the pins and the night schedule of the demo's boards (the firmware's defaults)
 from ansim_tools.demo_story import BELL_BUTTON, LIGHT_PWM, SIREN, STROBE, TAMPER, night_now
 from ansim_tools.flash import copy_to_directory, firmware_files

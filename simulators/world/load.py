@@ -22,8 +22,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from ansim_simulators.broker import MosquittoBroker
-from ansim_simulators.faults import _Agent as AgentProcess
+from ansim_simulators.fixtures.broker import MosquittoBroker
+from ansim_simulators.world.faults import _Agent as AgentProcess
 
 from . import devices as dev
 from .place import Place

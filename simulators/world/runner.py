@@ -26,12 +26,12 @@ from ansim_agent import logs
 from ansim_agent.service import Agent
 from ansim_protocol import ble, frames, topics
 from ansim_protocol.crypto import DeviceKeys
-from ansim_simulators import waits
-from ansim_simulators.ble_radio import ThreadedAir
-from ansim_simulators.broker import MosquittoBroker, free_port
-from ansim_simulators.center import ControlCenter
-from ansim_simulators.faults import _Agent as AgentProcess
-from ansim_simulators.faults import _Proxy
+from ansim_simulators.fixtures import waits
+from ansim_simulators.hardware.ble_radio import ThreadedAir
+from ansim_simulators.fixtures.broker import MosquittoBroker, free_port
+from ansim_simulators.center.control_center import ControlCenter
+from ansim_simulators.world.faults import _Agent as AgentProcess
+from ansim_simulators.world.faults import _Proxy
 
 from . import devices as dev
 from .boards import BoardDevice

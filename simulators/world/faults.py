@@ -59,9 +59,9 @@ from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_protocol.errors import FrameError
 
-from .broker import MosquittoBroker, _die_with_parent
+from ansim_simulators.fixtures.broker import MosquittoBroker, _die_with_parent
 from .street import Street
-from .waits import until
+from ansim_simulators.fixtures.waits import until
 
 KINDS = ("kill9", "broker_restart", "reboot", "drop", "outage")
 PI_LANE = ("kill9", "broker_restart", "reboot")

@@ -11,10 +11,11 @@ import shutil
 import subprocess
 import sys
 
+import ansim_tools
 from ansim_tools.flash import FIRMWARE_DIR, PROTOCOL_DIR, REPO  # noqa: F401 (FIRMWARE_DIR, REPO: for the tests)
 
 DEFAULT_HEAP = "128k"
-BUILD_SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "ansim_tools" / "build_vm.sh"
+BUILD_SCRIPT = pathlib.Path(ansim_tools.__file__).resolve().parent / "build_vm.sh"  # where a wheel has it
 
 
 class MicroPythonMissing(RuntimeError):

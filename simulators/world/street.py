@@ -4,7 +4,7 @@
 Geometry: the agent stands at Seoul City Hall; streetlights every 20 m along a street running
 east; bells and cameras along it; wearables carried by people nearby.
 
-``center_tls`` (a ``ansim_simulators.pki.TlsFiles`` with the agent's client certificate, its CN
+``center_tls`` (a ``ansim_simulators.fixtures.pki.TlsFiles`` with the agent's client certificate, its CN
 the agent id) writes ``[center] tls = true`` with its cafile, certfile and keyfile; without it
 the center link is plain, for loopback tests.
 """

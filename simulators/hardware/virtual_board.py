@@ -1,4 +1,4 @@
-"""A virtual MicroPython board: the real unix-port VM running simulators/board/board.py.
+"""A virtual MicroPython board: the real unix-port VM running simulators/hardware/board/board.py.
 
 Why: the firmware is flashed and driven with the real mpremote and must run unchanged, so the
 board needs a serial port, a flash that survives resets, and pins a test can press and watch.

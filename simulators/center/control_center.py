@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .broker import BrokerError, SyncClient, connect_client
-from .pki import TlsFiles
+from ansim_simulators.fixtures.broker import BrokerError, SyncClient, connect_client
+from ansim_simulators.fixtures.pki import TlsFiles
 
 log = logging.getLogger("ansim.simulators.center")
 
@@ -152,7 +152,7 @@ class CenterDisconnected(BrokerError):
 class ControlCenter:
     """A control center on the center's broker at ``host:port``; also a context manager.
 
-    ``tls``: the center's own client certificate (:class:`~ansim_simulators.pki.TlsFiles`) for
+    ``tls``: the center's own client certificate (:class:`~ansim_simulators.fixtures.pki.TlsFiles`) for
     a TLS broker. ``district`` / ``fallback``: the center segments it answers for and sees
     escalations on. ``auto_ack``: None, a status (e.g. "received") for every alert arriving on
     the district's topic, or ``callable(body) -> status or None``; sent ``ack_delay_s`` after
