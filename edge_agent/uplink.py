@@ -138,8 +138,10 @@ class Uplink:
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
 
     def _certificate(self, state):
+        lat, lon = self.config.agent["position"]  # a center's map shows the agent before any alert
         return json.dumps({"agent": self.agent_id, "site": self.config.agent["site"], "state": state,
-                           "session": self.session, "at": round(self.clock(), 3)})
+                           "session": self.session, "at": round(self.clock(), 3),
+                           "position": {"lat": lat, "lon": lon}})
 
     def start(self):
         """Connect in the background: an unreachable center is an outage, not a fatal error."""

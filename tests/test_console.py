@@ -124,7 +124,9 @@ def test_offline_and_online_devices_and_agents_from_their_certificates():
     console.handle(alerts_topic("00030002"), alert("00030002-online-1700000090000", kind="device_online"))
     assert console.snapshot()["offline"] == []
     state = "ansim/center/v1/agents/edge-a/state"
-    console.handle(state, json.dumps({"agent": "edge-a", "site": "s", "state": "online", "session": 3, "at": 1}))
+    console.handle(state, json.dumps({"agent": "edge-a", "site": "s", "state": "online", "session": 3, "at": 1,
+                                      "position": {"lat": 37.5663, "lon": 126.9779}}))
+    assert console.agents["edge-a"]["position"] == [37.5663, 126.9779]  # on the map before any alert
     console.handle(state, json.dumps({"agent": "edge-a", "site": "s", "state": "offline", "session": 2, "at": 0}))
     assert console.agents["edge-a"]["state"] == "online"  # a stale certificate of session 2
     console.handle(state, json.dumps({"agent": "edge-a", "site": "s", "state": "offline", "session": 3, "at": 2}))
@@ -372,6 +374,8 @@ def test_a_bell_press_on_the_map_within_a_second_and_the_operator_acks_to_the_be
     bell_view.subscribe(topics.topic(bell.device_id, topics.DOWN))
     with Agent(config_module.load(street.config_path)):
         expect(page.locator('.agent-item[data-agent="%s"]' % street.agent_id)).to_have_attribute("data-state", "online")
+        # on the map from its birth certificate's position, before any alert
+        expect(page.locator('.agent-marker[data-agent="%s"]' % street.agent_id)).to_have_attribute("data-state", "online")
         mqtt_client(local).publish(topics.topic(bell.device_id, topics.UP), press(bell, 1))
         arrived = center_view.next_message(WAIT_S)  # paho stamps it (monotonic) as it arrives
         alert_id = json.loads(arrived.payload)["alert_id"]

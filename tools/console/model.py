@@ -76,6 +76,13 @@ def _location(value):
             "source": value.get("source") if isinstance(value.get("source"), str) else None}
 
 
+def _position(value):
+    """[lat, lon] of a certificate's optional ``position`` (agents before 2026-12 send none), or None."""
+    if isinstance(value, dict) and _number(value.get("lat"), -90, 90) and _number(value.get("lon"), -180, 180):
+        return [float(value["lat"]), float(value["lon"])]
+    return None
+
+
 def _places(value, with_kind=False):
     if not isinstance(value, list):
         return []
@@ -328,7 +335,7 @@ class Console:
             entry = {"agent": agent_id, "state": state, "session": session,
                      "site": body.get("site") if isinstance(body.get("site"), str) else None,
                      "at": body.get("at") if _number(body.get("at")) else None,
-                     "position": current.get("position") if current else None}
+                     "position": _position(body.get("position")) or (current.get("position") if current else None)}
             if entry != current:
                 self.agents[agent_id] = entry
                 self._emit("agent", entry)
