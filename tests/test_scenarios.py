@@ -54,6 +54,56 @@ def test_a_false_expectation_fails_the_run_saying_which_and_what_was_seen(tmp_pa
     assert "DID NOT HOLD" in result.stdout
 
 
+LOCATED = """
+[scenario]
+duration_s = 5
+[[agent]]
+id = "edge-a"
+[[wearable]]
+name = "child"
+at = { east = 10 }
+%s
+[[event]]
+at_s = 0.5
+do = "press"
+device = "child"
+name = "sos"
+[[expect]]
+what = "alert"
+device = "child"
+location = "gnss"
+cameras = ["CCTV-001", "CCTV-003"]
+after = "sos"
+within_s = 3
+[[expect]]
+what = "alert"
+device = "child"
+location = "receiver"
+after = "sos"
+within_s = 3
+[[expect]]
+what = "alert"
+device = "child"
+cameras = ["CCTV-004"]
+after = "sos"
+within_s = 3
+""" % "".join('[[camera]]\nid = "CCTV-%03d"\nat = { east = %d }\n' % (n, east)
+              for n, east in ((1, 12), (2, 20), (3, 30), (4, 300)))
+
+
+def test_an_alerts_location_source_and_cameras_are_checked(tmp_path):
+    """The child's SOS carries her GNSS fix and the agent lists the 3 nearest of 4 cameras: the
+    true location and cameras hold, a wrong source or a far camera fails the run."""
+    path = tmp_path / "located.toml"
+    path.write_text(LOCATED)
+    result = sim("run", path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [l for l in result.stdout.splitlines() if l.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 3 and lines[0].startswith("PASS") and "location=gnss cameras=CCTV-001,CCTV-003" in lines[0]
+    assert lines[1].startswith("FAIL") and "location=receiver" in lines[1] and "(jung-gu, location gnss)" in lines[1]
+    assert lines[2].startswith("FAIL") and "(jung-gu, cameras CCTV-001,CCTV-002,CCTV-003)" in lines[2]
+
+
 BROKEN = [
     ("[[agent]]\nid = \"a\"\n[[bell]]\nname = \"b\"\n", "[[bell]] #1 at: missing: write at = { east = 0, north = 0 }"),
     ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { east = 1 }\nheartbeat = 3\n",
@@ -71,6 +121,10 @@ BROKEN = [
     ("[[agent]]\nid = \"a\"\nsettings = { centre = { escalation_s = 2 } }\n[[expect]]\nwhat = \"alert\"\n",
      "'centre': settings hold agent.toml sections"),
     ("[[agent]\n", "not valid TOML"),
+    ("[[agent]]\nid = \"a\"\n[[expect]]\nwhat = \"alert\"\nlocation = \"gps\"\n",
+     "[[expect]] #1 location: 'gps' is not one of gnss, registered, receiver"),
+    ("[[agent]]\nid = \"a\"\n[[camera]]\nid = \"CCTV-001\"\nat = { east = 1 }\n[[expect]]\nwhat = \"alert\"\n"
+     "cameras = [\"CCTV-01\"]\n", "'CCTV-01' is no [[camera]] of this scenario (did you mean CCTV-001?)"),
 ]
 
 

@@ -75,12 +75,24 @@ class Judge:
                 continue
             if ex.agent and body.get("agent", {}).get("id") != ex.agent:
                 continue
+            if ex.location and (body.get("location") or {}).get("source") != ex.location:
+                continue
+            if not set(ex.cameras) <= set(_cameras(body)):
+                continue
             out.append((t, body))
         return out
 
-    def _seen(self):
-        shown = ["%s %s from %s at %s (%s)" % (b.get("type"), b.get("alert_id"), b.get("agent", {}).get("id"),
-                                               self._rel(t), c) for t, c, b in list(self.r.alerts)[:8]]
+    def _seen(self, ex):
+        """The first alerts that arrived, each with what ``ex`` looks at."""
+        shown = []
+        for t, c, b in list(self.r.alerts)[:8]:
+            about = [c]
+            if ex.location:
+                about.append("location %s" % (b.get("location") or {}).get("source"))
+            if ex.cameras:
+                about.append("cameras %s" % (",".join(_cameras(b)) or "none"))
+            shown.append("%s %s from %s at %s (%s)" % (b.get("type"), b.get("alert_id"), b.get("agent", {}).get("id"),
+                                                       self._rel(t), ", ".join(about)))
         return "; ".join(shown) or "no alert at all"
 
     def _alert(self, ex, ref, close, over):
@@ -96,8 +108,8 @@ class Judge:
             return True, "%d distinct (%s), %d cop%s, first after %.2f s" % (
                 len(ids), ", ".join(ids), copies, "y" if copies == 1 else "ies", found[0][0] - ref)
         if ex.count is not None:
-            return False, "%d distinct alert ids (%s); seen: %s" % (len(ids), ", ".join(ids) or "none", self._seen())
-        return False, "none arrived; seen: %s" % self._seen()
+            return False, "%d distinct alert ids (%s); seen: %s" % (len(ids), ", ".join(ids) or "none", self._seen(ex))
+        return False, "none arrived; seen: %s" % self._seen(ex)
 
     def _no_alert(self, ex, ref, close, over):
         found = self._matching(ex, ref, close)
@@ -178,6 +190,11 @@ class Judge:
                                  ", ".join(result["receivers"]), result["fused_error_m"],
                                  result["single_source"], result["single_error_m"]))
         return result["fused_error_m"] <= ex.max_error_m, text
+
+
+def _cameras(body):
+    """The ids of an alert's nearest cameras."""
+    return [c.get("id") for c in body.get("cameras") or []]
 
 
 def position_accuracy(place, alert_id, copies, heard, agent_positions, truth):

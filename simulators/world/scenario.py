@@ -22,6 +22,7 @@ LIGHT_ACTIONS = ("blink", "brighten", "restore")
 ACK_STATUSES = ("received", "dispatched", "resolved", "test-ok")
 ALERT_TYPES = ("sos", "test_sos", "bell_press", "cancel", "tamper", "low_battery", "monitor", "lamp_fault",
                "device_offline", "device_online")
+LOCATION_SOURCES = ("gnss", "registered", "receiver")  # an alert's location.source (edge_agent/alert.schema.json)
 AGENT_SECTIONS = ("agent", "local_mqtt", "center", "lights", "supervision", "ble", "serial", "metrics")
 
 
@@ -90,16 +91,20 @@ class Expect:
     action: str | None = None
     status: str | None = None
     max_error_m: float | None = None
+    location: str | None = None  # the alert's location.source
+    cameras: list = field(default_factory=list)  # camera ids that must be among the alert's cameras
     narrate: str | None = None   # a story line for ``ansim demo``; the runner does not judge it
 
     def describe(self):
         parts = [self.what]
-        for key in ("type", "device", "action", "status", "agent"):
+        for key in ("type", "device", "action", "status", "agent", "location"):
             if getattr(self, key):
                 parts.append("%s=%s" % (key, getattr(self, key)))
         if self.devices and not self.device:
             more = len(self.devices) - 6
             parts.append("devices=%s%s" % (",".join(self.devices[:6]), " (+%d)" % more if more > 0 else ""))
+        if self.cameras:
+            parts.append("cameras=%s" % ",".join(self.cameras))
         if self.what in ("alert", "no_alert") and self.center != "district":
             parts.append("center=%s" % self.center)
         if self.count is not None:
@@ -358,7 +363,7 @@ def load(path):
 
     events = [_event(r, i, e, place, devices, agent_ids) for i, e in enumerate(raw.get("event", []))]
     names = [e.name for e in events if e.name]
-    expects = [_expect(r, i, x, place, devices, agent_ids, names) for i, x in enumerate(raw.get("expect", []))]
+    expects = [_expect(r, i, x, place, devices, cameras, agent_ids, names) for i, x in enumerate(raw.get("expect", []))]
     if not expects:
         r.fail("0: [[expect]]", "no expectation: a scenario states its outcome; add [[expect]] what = \"alert\" ...")
     return Scenario(path, name, description, seed, duration_s, place, district, fallback, logins,
@@ -420,9 +425,10 @@ def _event(r, i, e, place, devices, agent_ids):
     return ev
 
 
-def _expect(r, i, x, place, devices, agent_ids, names):
+def _expect(r, i, x, place, devices, cameras, agent_ids, names):
     r.keys("expect", i, x, ("what", "type", "device", "devices", "agent", "center", "after", "within_s", "count",
-                            "action", "status", "max_error_m", "near", "radius_m", "narrate"))
+                            "action", "status", "max_error_m", "near", "radius_m", "location", "cameras",
+                            "narrate"))
     what = r.value("expect", i, x, "what", str, required=True, choices=EXPECTS)
     ex = Expect(what, r.line_of("expect", i))
     ex.narrate = r.value("expect", i, x, "narrate", str)
@@ -436,6 +442,14 @@ def _expect(r, i, x, place, devices, agent_ids, names):
         ex.device = _device(r, "expect", i, x, devices, (), required=False)
         ex.center = r.value("expect", i, x, "center", str, default="district", choices=("district", "fallback"))
         ex.count = r.value("expect", i, x, "count", int, low=1 if what == "alert" else 0)
+        ex.location = r.value("expect", i, x, "location", str, choices=LOCATION_SOURCES)
+        ex.cameras = r.value("expect", i, x, "cameras", list, default=[])
+        known = [ident for ident, _ in cameras]
+        for ident in ex.cameras:
+            if ident not in known:
+                close = difflib.get_close_matches(str(ident), known, n=1)
+                r.fail(r.where("expect", i, "cameras"), "%r is no [[camera]] of this scenario%s; they are %s" % (
+                    ident, " (did you mean %s?)" % close[0] if close else "", ", ".join(known) or "none"))
     elif what in ("light", "no_light"):
         ex.action = r.value("expect", i, x, "action", str, required=True, choices=LIGHT_ACTIONS)
         if "device" in x:
