@@ -5,8 +5,9 @@ never a test's."""
 
 import json
 
-from ansim_tools import bench_firmware
 from ansim_tools.cli import main
+from ansim_tools.firmware_heap import FAKES_KB, verdict
+from ansim_tools.firmware_rig import WAIT_S
 
 RUNS = 3
 
@@ -30,7 +31,7 @@ def test_bench_firmware_reports_latency_and_heap_for_the_bell(tmp_path, capsys):
         for side in ("baseline", "firmware"):
             s = latency[side]
             assert s["n"] == RUNS and len(latency[side + "_ms"]) == RUNS
-            assert 0 < s["p50"] <= s["p95"] <= s["max"] < bench_firmware.WAIT_S * 1000, (metric, side, s)
+            assert 0 < s["p50"] <= s["p95"] <= s["max"] < WAIT_S * 1000, (metric, side, s)
         assert latency["added_p95"] == latency["firmware"]["p95"] - latency["baseline"]["p95"]
 
     empty, heap = results["empty_board"], bell["heap"]
@@ -39,8 +40,8 @@ def test_bench_firmware_reports_latency_and_heap_for_the_bell(tmp_path, capsys):
     assert heap["live_peak_kb"] * 0.95 < heap["smallest_heap_kb"] <= 512
     low, high = heap["share_kb"]
     assert 0 < low < high
-    assert heap["range_32bit_kb"] == [(low - bench_firmware.FAKES_KB) / 2, high]
-    assert heap["target_kb"] == 48 and heap["verdict"] == bench_firmware.verdict(low, high, 48)
+    assert heap["range_32bit_kb"] == [(low - FAKES_KB) / 2, high]
+    assert heap["target_kb"] == 48 and heap["verdict"] == verdict(low, high, 48)
 
     parts = dict(bell["breakdown"])
     assert {"ansim_protocol.frames", "ansim_device.mqtt", "bell", "bell.Bell(config)"} <= set(parts)
@@ -48,15 +49,13 @@ def test_bench_firmware_reports_latency_and_heap_for_the_bell(tmp_path, capsys):
 
 
 def test_verdicts_follow_the_32_bit_bounds():
-    fakes = bench_firmware.FAKES_KB
-    assert bench_firmware.verdict(30.0, 40.0, 48) == "met"  # even the 64-bit upper bound fits
-    assert bench_firmware.verdict(2 * 48 + fakes + 1, 200.0, 48) == "MISSED"  # half the lower bound is over
-    assert bench_firmware.verdict(2 * 48 + fakes, 200.0, 48) == "unproven"
-    assert bench_firmware.verdict(70.0, 110.0, 48) == "unproven"
+    assert verdict(30.0, 40.0, 48) == "met"  # even the 64-bit upper bound fits
+    assert verdict(2 * 48 + FAKES_KB + 1, 200.0, 48) == "MISSED"  # half the lower bound is over
+    assert verdict(2 * 48 + FAKES_KB, 200.0, 48) == "unproven"
+    assert verdict(70.0, 110.0, 48) == "unproven"
 
 
 def test_heap_verdicts_bound_an_esp32_from_a_64_bit_vm_and_read_a_32_bit_vm_as_is():
-    from ansim_tools.bench_firmware import verdict
     assert verdict(50.2, 106.4, 24, bits=64) == "MISSED"  # even half of it is over
     assert verdict(45.0, 96.1, 48, bits=64) == "unproven"
     assert verdict(33.7, 89.1, 24, bits=32) == "MISSED"  # no halving in 32-bit words
