@@ -15,11 +15,21 @@ before them). Only the pipeline thread publishes; ``on_ready`` asks it to ``flus
 
 A broker that is not there at start is an outage, not a fatal error: paho keeps trying and
 the other intakes run meanwhile (``health`` shows ``local_mqtt`` down).
+
+A device's ``offline`` state (its last will) reaches ``on_state`` only once it has stood for
+``WILL_SETTLE_S``: mosquitto publishes the will of every client as it stops, so a restart of
+the Pi's broker (an upgrade, ``systemctl restart``) would report every bell and light offline.
+Wills followed within that time by the loss of our own connection are dropped (the broker
+went away, not the devices; each publishes ``online`` again as it reconnects), as is a will
+the device's own ``online`` follows at once. A retained ``offline`` (the broker's memory of
+an old will, kept across its restart) is not news and is dropped too. A device that really
+went silent then is reported by supervision when its period is over.
 """
 
 import collections
 import logging
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -36,6 +46,7 @@ from .mqtt_socket import no_delay
 log = logging.getLogger("ansim.agent.local_mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+WILL_SETTLE_S = 1.0  # a will stands once our own connection outlived it this long
 MAX_PAYLOAD = 64
 COMPONENT = "local_mqtt"
 
@@ -69,6 +80,9 @@ class LocalMqtt:
         self.client.on_socket_open = no_delay
         self._acks = InOrderAcks(self.client)
         self._sent = PublishTracker(self._handed_over, on_resent=self._resent)
+        self._wills = {}  # device_id -> when its will arrived, until it stands (WILL_SETTLE_S)
+        self._wills_lock = threading.Lock()
+        self._will_timer = None
 
     def start(self):
         """Connect in the background; ``wait_connected`` tells when the broker keeps our messages."""
@@ -88,6 +102,9 @@ class LocalMqtt:
     def stop(self):
         self.client.disconnect()
         self.client.loop_stop()
+        with self._wills_lock:
+            if self._will_timer is not None:
+                self._will_timer.cancel()
 
     def _down(self, reason):
         self._first_attempt.set()
@@ -126,6 +143,10 @@ class LocalMqtt:
     def _on_disconnect(self, client, userdata, flags, reason, props):
         self._connected.clear()
         self._acks.reset()
+        with self._wills_lock:
+            dropped, self._wills = len(self._wills), {}
+        if dropped:
+            log.info("dropped %d device will(s) that came just before the local broker went away", dropped)
         if reason.is_failure and not self._refused:  # after a refusal, its reason stays the one shown
             self._down("lost the local broker %s:%d (%s); reconnecting" % (self.host, self.port, reason))
 
@@ -137,7 +158,7 @@ class LocalMqtt:
             channel = None
         if channel == topics.STATE:
             if self.on_state is not None:
-                self.on_state(device_id, bytes(msg.payload))
+                self._device_state(device_id, bytes(msg.payload), msg.retain)
             ack()
             return
         if len(msg.payload) > MAX_PAYLOAD:  # never a frame: dropped before any work
@@ -146,6 +167,37 @@ class LocalMqtt:
             ack()
             return
         self.submit(Reception(msg.payload, "mqtt", "local", topic=msg.topic, ack=ack))
+
+    def _device_state(self, device_id, payload, retained):
+        if payload == b"offline":
+            if not retained:
+                with self._wills_lock:
+                    self._wills[device_id] = time.monotonic()
+                    if self._will_timer is None:
+                        self._arm_will_timer(WILL_SETTLE_S)
+            return
+        if payload == b"online":
+            with self._wills_lock:
+                self._wills.pop(device_id, None)
+        self.on_state(device_id, payload)
+
+    def _arm_will_timer(self, delay):
+        self._will_timer = threading.Timer(delay, self._wills_stand)
+        self._will_timer.daemon = True
+        self._will_timer.start()
+
+    def _wills_stand(self):
+        """Hand on the wills our connection outlived by WILL_SETTLE_S."""
+        now = time.monotonic()
+        with self._wills_lock:
+            self._will_timer = None
+            standing = [device_id for device_id, at in self._wills.items() if now - at >= WILL_SETTLE_S]
+            for device_id in standing:
+                del self._wills[device_id]
+            if self._wills:
+                self._arm_will_timer(WILL_SETTLE_S - (now - min(self._wills.values())))
+        for device_id in standing:
+            self.on_state(device_id, b"offline")
 
     def send(self, downlink):
         """Queue a frame for ``ansim/v1/dev/{id}/down`` (QoS 1) and publish what may go now;

@@ -2,6 +2,7 @@
 device-offline event at the center; low battery and tamper are forwarded."""
 
 import json
+import select
 import subprocess
 import sys
 import threading
@@ -31,6 +32,28 @@ up.wait(10)
 print("connected", flush=True)
 threading.Event().wait()
 """
+
+BELL_LINK = """
+import sys, threading
+import paho.mqtt.client as mqtt
+up = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=sys.argv[3])
+c.will_set(sys.argv[2], b"offline", qos=1, retain=True)
+def connected(client, *args):
+    client.publish(sys.argv[2], b"online", qos=1, retain=True)  # as the firmware does on every connection
+    print("connected", flush=True)
+c.on_connect = connected
+c.reconnect_delay_set(0.2, 1)
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+threading.Event().wait()
+"""
+
+
+def connected(link, timeout=WAIT_S):
+    """The bell link's next "connected" line (it prints one on every connection)."""
+    ready, _, _ = select.select([link.stdout], [], [], timeout)
+    assert ready and link.stdout.readline() == b"connected\n", "the bell link did not connect"
 
 
 class Clock:
@@ -124,3 +147,47 @@ def test_connected_bells_and_lights_get_the_time_again_every_few_hours(tmp_path,
             assert clock_frame.kind == "time" and clock_frame.fields["unix_time"] == int(clock())
             with pytest.raises(TimeoutError):  # the offline bell gets none
                 downlink.next_message(1.0)
+
+
+def test_a_restart_of_the_local_broker_reports_no_device_offline_but_a_real_drop_still_is(tmp_path, mqtt_client):
+    """mosquitto publishes every client's will as it stops: a restart of the Pi's broker (an
+    upgrade, ``systemctl restart``; with persistence, as Debian configures it) must not report
+    every bell offline. A bell whose own link dies afterwards still is, at once."""
+    with MosquittoBroker(workdir=tmp_path / "local", persistence=True) as local, \
+            MosquittoBroker(workdir=tmp_path / "center") as center:
+        street = Street(tmp_path / "street", center_port=center.port, local_port=local.port, bells=2)
+        view = mqtt_client(center)
+        view.subscribe("ansim/center/v1/jung-gu/alerts/#")
+        links = []
+        try:
+            with Agent(config_module.load(street.config_path)) as agent:
+                device = mqtt_client(local)
+                for bell in street.bells:
+                    heartbeat(device, bell, 1)
+                    link = subprocess.Popen([sys.executable, "-c", BELL_LINK, str(local.port),
+                                             topics.topic(bell.device_id, topics.STATE), "bell-%s" % bell.hex_id],
+                                            stdout=subprocess.PIPE)
+                    links.append(link)
+                    connected(link)
+                waits.until(lambda: len(agent.store.last_heard()) == 2, WAIT_S, "both heartbeats processed")
+
+                local.restart()  # SIGTERM: mosquitto sends both bells' wills, then closes every connection
+                for link in links:
+                    connected(link)  # both bells back on the broker
+                waits.until(lambda: agent.health.is_up("local_mqtt"), WAIT_S, "the agent back on its broker")
+                gone = street.bells[1]
+                links[1].kill()  # the second bell's power is cut: a real will
+                arrived = []
+                while True:
+                    body = json.loads(view.next_message(WAIT_S).payload)
+                    arrived.append((body["type"], body["device"]["id"], body.get("reason")))
+                    if body["device"]["id"] == gone.hex_id:
+                        break
+                with pytest.raises(TimeoutError):
+                    view.next_message(1.5)
+        finally:
+            for link in links:
+                link.kill()
+                link.wait()
+                link.stdout.close()
+    assert arrived == [("device_offline", gone.hex_id, "last_will")]
