@@ -57,10 +57,14 @@ class BoardRadio:
     time; the air's RSSI model is one value per advertiser, whoever listens). ``address``: the
     board's address on the air as bleak shows it, None while it does not advertise.
     ``forwarded``/``dropped``: scan results sent to the board / lost because it did not read.
+    ``on_advertiser(advertiser)``: called on the air's loop with each new ``ble_radio.Advertiser``
+    of the board (a new address makes one) before it first sends, e.g. to tell the air's
+    ``rssi_model`` where the board is.
     """
 
-    def __init__(self, board, air, rssi: int = DEFAULT_RSSI) -> None:
+    def __init__(self, board, air, rssi: int = DEFAULT_RSSI, on_advertiser=None) -> None:
         self.board = board
+        self.on_advertiser = on_advertiser
         self.control = board.control
         self._threaded = hasattr(air, "loop") and hasattr(air, "air")
         self._threaded_air = air if self._threaded else None
@@ -231,10 +235,11 @@ class BoardRadio:
             await self._air.remove_advertiser(advertiser)
             self._advertiser = advertiser = None
         if advertiser is None:
-            self._advertiser = await self._air.add_advertiser(data, address=address, interval_ms=interval_ms,
-                                                              rssi=self._rssi, device=self._device)
-            return
-        if advertiser.data != data:
+            self._advertiser = advertiser = await self._air.add_advertiser(
+                data, address=address, interval_ms=interval_ms, rssi=self._rssi, device=self._device, start=False)
+            if self.on_advertiser is not None:
+                self.on_advertiser(advertiser)
+        elif advertiser.data != data:
             await advertiser.update(data)
         await advertiser.start()
 

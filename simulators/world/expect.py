@@ -18,7 +18,7 @@ class Record:
     alerts: list = field(default_factory=list)     # (t, center segment, body)
     heard: list = field(default_factory=list)      # (t, body) of heard reports
     commands: list = field(default_factory=list)   # (t, device name, Frame) to bells and lights
-    wearable_acks: list = field(default_factory=list)  # (t, device name, Frame)
+    wearable_acks: list = field(default_factory=list)  # (t, device name, status) of center_acks a wearable heard
     presses: dict = field(default_factory=dict)    # alert id -> (lat, lon) where the wearable was
 
 
@@ -150,8 +150,8 @@ class Judge:
         if self.s.devices[ex.device].role == "bell":
             t = self._first_command(ex.device, "center_ack", ref, close, status_ok)
         else:
-            t = next((t for t, d, f in list(self.r.wearable_acks)
-                      if d == ex.device and ref <= t <= close and status_ok(f)), None)
+            t = next((t for t, d, status in list(self.r.wearable_acks)
+                      if d == ex.device and ref <= t <= close and ex.status in (None, status)), None)
         if t is not None:
             return True, "%.2f s" % (t - ref)
         return (False, "no center_ack%s reached %s" % (" " + ex.status if ex.status else "", ex.device)) \

@@ -34,7 +34,7 @@ from ansim_simulators.world.faults import _Agent as AgentProcess
 from ansim_simulators.world.faults import _Proxy
 
 from . import devices as dev
-from .boards import BoardDevice
+from .boards import Board, BoardDevice, WearableBoard
 from . import place as place_module
 from .expect import Judge, Record
 from .radio_model import PathLoss
@@ -235,6 +235,10 @@ class World:
         shared = {}
         for name, spec in self.s.devices.items():
             key = self.keys[name]
+            if spec.role == "wearable" and spec.board:
+                self.devices[name] = WearableBoard(spec, key, workdir / "boards", "240ac4%06x" % spec.device_id,
+                                                   self.air, self.advertisers.__setitem__, self._sent, self._heard_ack)
+                continue
             if spec.role == "wearable":
                 self.devices[name] = dev.Wearable(spec, key, self.counters, self.air, on_air=self.advertisers.__setitem__)
                 continue
@@ -265,7 +269,7 @@ class World:
             stack.callback(link.close)
             for device in link.devices.values():
                 device.powered = True
-        boards = [d for d in self.devices.values() if isinstance(d, BoardDevice)]
+        boards = [d for d in self.devices.values() if isinstance(d, Board)]
         for board in boards:
             stack.callback(board.close)
             board.power_on()
@@ -399,13 +403,23 @@ class World:
                 before = len(w.acks)
                 if w.heard(frame, time.time()) and len(w.acks) > before:
                     with self.lock:
-                        self.record.wearable_acks.append((w.acks[-1][0], w.spec.name, w.acks[-1][1]))
+                        self.record.wearable_acks.append((w.acks[-1][0], w.spec.name, w.acks[-1][1].fields["status"]))
 
         async def open_():
             scanner = await self.air.air.open_scanner()
             scanner.on("advertisement", heard)
             await scanner.start_scanning(active=False, scan_interval=60, scan_window=60, filter_duplicates=False)
         self.air.call(open_())
+
+    def _sent(self, name, alert_id, position):
+        """A wearable board's firmware sent an SOS or test SOS (its own counter) from ``position``."""
+        with self.lock:
+            self.record.presses[alert_id] = position
+
+    def _heard_ack(self, name, status):
+        """A wearable board's firmware heard a center_ack over the air."""
+        with self.lock:
+            self.record.wearable_acks.append((time.time(), name, status))
 
     def _wait(self, predicate, what, timeout=SETUP_WAIT_S):
         try:
@@ -466,6 +480,8 @@ class World:
             elif isinstance(device, dev.Wearable):
                 counter = device.press(ev.button)
                 self.record.presses["%s-%d" % (device.spec.hex_id, counter)] = device.position
+            elif isinstance(device, WearableBoard):
+                device.press(ev.button)  # its firmware says which counter it sent (_sent)
             else:
                 device.press()
         elif ev.do == "ack":
@@ -542,7 +558,7 @@ class World:
                 device.powered = True
                 say_back("%s powered" % ev.device)
             return powered
-        if isinstance(device, BoardDevice):
+        if isinstance(device, Board):
             if ev.of == "wifi":
                 device.wifi(False)
                 return lambda: (device.wifi(True), say_back("%s's wifi" % ev.device))

@@ -330,9 +330,6 @@ def load(path):
                 r.fail(r.where(role, i, "step"), "a step is in metres: write step = { east = 20, north = 0 }")
             agent = r.value(role, i, d, "agent", str, default=agent_ids[0], choices=agent_ids)
             board = r.value(role, i, d, "board", bool, default=False)
-            if board and role == "wearable":
-                r.fail(r.where(role, i, "board"), "wearables on virtual boards are not supported by the runner yet: "
-                       "remove board = true (it then runs as a lightweight wearable on the air)")
             if board and count > 1:
                 r.fail(r.where(role, i, "board"), "a board runs one device (each is a MicroPython VM): set count = 1 "
                        "or board = false")
