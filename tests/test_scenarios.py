@@ -121,6 +121,8 @@ BROKEN = [
     ("[[agent]]\nid = \"a\"\nsettings = { centre = { escalation_s = 2 } }\n[[expect]]\nwhat = \"alert\"\n",
      "'centre': settings hold agent.toml sections"),
     ("[[agent]\n", "not valid TOML"),
+    ("[[agent]]\nid = \"a\"\n[[wearable]]\nat = { east = 1 }\nboard = true\ncount = 2\n",
+     "[[wearable]] #1 board: a board runs one device (each is a MicroPython VM): set count = 1"),
     ("[[agent]]\nid = \"a\"\n[[expect]]\nwhat = \"alert\"\nlocation = \"gps\"\n",
      "[[expect]] #1 location: 'gps' is not one of gnss, registered, receiver"),
     ("[[agent]]\nid = \"a\"\n[[camera]]\nid = \"CCTV-001\"\nat = { east = 1 }\n[[expect]]\nwhat = \"alert\"\n"

@@ -180,17 +180,11 @@ class WearableBoard(Board):
 
     def close(self):
         self._gestures.put(None)
-        self._worker.join(BOOT_S)
-        self.power_off()
-
-    def heartbeat(self):
-        pass  # the firmware sends its own
+        self.power_off()  # a gesture under way ends with it
+        self._worker.join(5)
 
     def press(self, button):
         self._gestures.put(button)
-
-    def stop(self):
-        pass  # it ends its own transmissions
 
     # -- the wearer -----------------------------------------------------------------------
     def _work(self):
@@ -200,7 +194,7 @@ class WearableBoard(Board):
                 return
             try:
                 self._gesture(button)
-            except (BoardError, TimeoutError, AttributeError) as err:  # AttributeError: powered off meanwhile
+            except (BoardError, TimeoutError, OSError, AttributeError) as err:  # AttributeError: powered off
                 print("           (%s's %s press: %s)" % (self.spec.name, button, err), flush=True)
 
     def _gesture(self, button):

@@ -1,14 +1,15 @@
-"""``ansim sim run``: a scenario on real brokers with real agents, lightweight devices and the
-virtual air, its events on a timeline, its expectations judged.
+"""``ansim sim run``: a scenario on real brokers with real agents, lightweight devices, a few
+devices running their real firmware on virtual boards (``boards``) and the virtual air, its
+events on a timeline, its expectations judged.
 
 Why each part is real: the agents are ``edge_agent.service.Agent`` (in this process, or a
 child process as systemd runs it when the scenario kills one), the brokers are mosquitto, the
-air is bumble's (each agent's scanner at its own position hears each wearable through the
-path-loss model of ``radio_model``). Each agent's link to the center passes a TCP relay of
-its own, so one agent's uplink can fail while the rest of the district works. The observers
-are independent of the agents: a subscriber of its own on the center's broker (alerts,
-``heard`` reports, light states) and one on each local broker decoding every downlink with
-the device's key.
+air is bumble's (each agent's scanner at its own position hears each wearable, on a board
+too, through the path-loss model of ``radio_model``). Each agent's link to the center passes
+a TCP relay of its own, so one agent's uplink can fail while the rest of the district works.
+The observers are independent of the agents: a subscriber of its own on the center's broker
+(alerts, ``heard`` reports, light states) and one on each local broker decoding every
+downlink with the device's key.
 """
 
 import contextlib
