@@ -44,7 +44,9 @@ BlueZ's rules, and how this module follows them:
 
 ``VirtualAdvertiser`` has the same interface for the simulators: it puts the same on-air
 bytes on a ``ansim_simulators.hardware.ble_radio`` virtual air, so tests and the demo hear the agent
-with bleak and ``BleIntake``.
+with bleak and ``BleIntake``. ``HciAdvertiser`` does the same from an agent in a process of its
+own (as systemd runs it in a scenario), through a controller of that air served as HCI over TCP
+(``[ble] virtual_air_tx``), with bumble as the host stack.
 """
 
 import asyncio
@@ -476,3 +478,70 @@ class VirtualAdvertiser(_Transmitter):
             await self._on_air(air.remove_advertiser(ad._handle))
         else:
             await self._on_air(ad._handle.stop())
+
+
+class HciAdvertiser(_Transmitter):
+    """The same interface on a bumble-driven HCI controller reached through a bumble transport
+    spec: the virtual air of a simulator in another process (``[ble] virtual_air_tx``, a spec
+    ``VirtualAir.serve`` returned), for an agent that runs as its own process in scenarios.
+
+    Each advertisement is an advertising set with legacy non-connectable PDUs from a new
+    random static address, as ``VirtualAdvertiser`` sends them; a controller out of sets makes
+    room by the same replace-the-oldest policy.
+    """
+
+    component = "ble_advertiser"
+
+    def __init__(self, transport_spec, interval_ms=DEFAULT_INTERVAL_MS, company_id=COMPANY_ID):
+        super().__init__("ble-tx hci", company_id)
+        self.transport_spec = transport_spec
+        self.interval_ms = interval_ms
+        self._transport = None
+        self._device = None
+
+    def _path_prefix(self):
+        return "/hci"
+
+    async def start(self):
+        from bumble import hci
+        from bumble.device import Device
+        from bumble.transport import open_transport
+        try:
+            self._transport = await open_transport(self.transport_spec)
+        except Exception as err:  # noqa: BLE001 - any transport failure means the same to the operator
+            raise IntakeUnavailable("Bluetooth advertising: cannot open the HCI transport %s (%s): check "
+                                    "[ble] virtual_air_tx" % (self.transport_spec, err)) from None
+        self._device = Device.with_hci("ansim-agent", hci.Address("F0:00:00:00:00:01"),
+                                       self._transport.source, self._transport.sink)
+        await self._device.power_on()
+        self._started = True
+
+    async def _register(self, ad):
+        from bumble import hci
+        from bumble.core import OutOfResourcesError
+        from bumble.device import AdvertisingEventProperties, AdvertisingParameters
+        params = AdvertisingParameters(
+            advertising_event_properties=AdvertisingEventProperties(is_connectable=False, is_scannable=False,
+                                                                    is_legacy=True),
+            primary_advertising_interval_min=self.interval_ms, primary_advertising_interval_max=self.interval_ms,
+            own_address_type=hci.OwnAddressType.RANDOM)
+        try:
+            ad._handle = await self._device.create_advertising_set(
+                advertising_parameters=params, random_address=hci.Address.generate_static_address(),
+                advertising_data=on_air_data(ad.frame, self.company_id))
+        except OutOfResourcesError as err:
+            raise _NoFreeInstance("the controller has no free advertising set (%s)" % err) from None
+        except hci.HCI_Error as err:
+            if err.error_code in (hci.HCI_MEMORY_CAPACITY_EXCEEDED_ERROR, hci.HCI_LIMIT_REACHED_ERROR):
+                raise _NoFreeInstance("the controller has no free advertising set (%s)" % err) from None
+            raise AdvertiseError("the controller refused the advertisement: %s" % err) from None
+
+    async def _unregister(self, ad, unregister):
+        await ad._handle.stop()
+        await ad._handle.remove()
+
+    async def stop(self):
+        await super().stop()
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = self._device = None

@@ -116,6 +116,8 @@ SCHEMA = {
                               doc="the site's BLE company id, as `ansim provision` gave its wearables (0xFFFF: "
                                   "the Bluetooth SIG's test id)"),
         "virtual_air": Setting(str, doc="simulators only: the bumble transport of a virtual BLE radio"),
+        "virtual_air_tx": Setting(str, doc="simulators only: the bumble transport of a virtual BLE radio's "
+                                           "controller to advertise acks on (another than virtual_air's)"),
     },
     "serial": {
         "enabled": Setting(bool, default=False),

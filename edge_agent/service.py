@@ -152,11 +152,13 @@ class Agent:
     def _ble_transmitter(self, settings, virtual_air):
         if not (settings["enabled"] and settings["advertise"]):
             return None
-        from .ble_advertiser import BlueZAdvertiser, VirtualAdvertiser
+        from .ble_advertiser import BlueZAdvertiser, HciAdvertiser, VirtualAdvertiser
         if virtual_air is not None:
             return VirtualAdvertiser(virtual_air, company_id=settings["company_id"])
+        if settings["virtual_air_tx"]:
+            return HciAdvertiser(settings["virtual_air_tx"], company_id=settings["company_id"])
         if settings["virtual_air"]:
-            return None  # a virtual radio in another process: nothing to advertise on
+            return None  # a virtual radio in another process, with no controller to advertise on
         return BlueZAdvertiser(settings["adapter"], company_id=settings["company_id"])
 
     def stop(self):

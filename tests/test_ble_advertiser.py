@@ -18,8 +18,8 @@ from dbus_fast import DBusError, Message, MessageFlag, MessageType, PropertyAcce
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-from ansim_agent.ble_advertiser import (ADVERTISEMENT_IFACE, AdvertiseError, BlueZAdvertiser, VirtualAdvertiser,
-                                        on_air_data)
+from ansim_agent.ble_advertiser import (ADVERTISEMENT_IFACE, AdvertiseError, BlueZAdvertiser, HciAdvertiser,
+                                        VirtualAdvertiser, on_air_data)
 from ansim_agent.ble_intake import BleIntake
 from ansim_agent.intake import IntakeUnavailable
 from ansim_protocol import ble, frames
@@ -453,3 +453,43 @@ def test_a_threaded_air_carries_the_agents_advertisements_across_threads():
         assert asyncio.run(main()) == frame
     finally:
         air.close()
+
+
+def test_an_agent_in_another_process_advertises_through_a_controller_served_as_hci():
+    """``[ble] virtual_air_tx``: bumble as the host stack on a controller of the air served over
+    TCP, as a scenario's agent process has it. A scanner elsewhere on the air hears the frame;
+    once its duration is over it is off the air, and the next one goes on."""
+    frame, later = center_ack(1), center_ack(2)
+    air = ThreadedAir()
+    try:
+        tx_spec = air.call(air.air.serve())
+
+        async def hear(seconds):
+            received = asyncio.Queue()
+            async with BleIntake(received.put_nowait, backend=bleak_backend_for(air.spec)):
+                try:
+                    return (await asyncio.wait_for(received.get(), seconds)).frame
+                except asyncio.TimeoutError:
+                    return None
+
+        async def main():
+            async with HciAdvertiser(tx_spec, interval_ms=20) as tx:
+                ad = await tx.advertise(frame, 1.0)
+                heard = await hear(TIMEOUT)
+                await wait(ad.ended)
+                after = await hear(1.0)  # a fresh scanner: nothing of ours is left on the air
+                await tx.advertise(later, LONG)
+                return heard, after, [a.frame for a in tx.active]
+
+        heard, after, active = asyncio.run(main())
+        assert heard == frame and after is None and active == [later]
+    finally:
+        air.close()
+
+
+def test_an_hci_transport_that_is_not_there_is_a_clear_error():
+    async def main():
+        with pytest.raises(IntakeUnavailable, match="virtual_air_tx"):
+            await HciAdvertiser("tcp-client:127.0.0.1:1").start()
+
+    asyncio.run(main())

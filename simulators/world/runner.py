@@ -349,6 +349,8 @@ class World:
                 "ble": {"enabled": True, "virtual_air": spec},
                 "metrics": {"port": 0},
             }
+            if a.process:  # an agent process advertises its acks through a controller of its own
+                sections["ble"]["virtual_air_tx"] = self.air.call(self.air.air.serve())
             if self.s.logins:
                 sections["local_mqtt"].update(username="ansim-agent",
                                               password_file=workdir / ("local-" + a.id) / "agent.password")
