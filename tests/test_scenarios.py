@@ -114,7 +114,7 @@ BROKEN = [
      "[[event]] #1 device: 'bel' is no device of this scenario"),
     ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { x = 1 }\n", "[[bell]] #1 at: {'x': 1} is not a position"),
     ("[[agent]]\nid = \"a\"\n[[expect]]\nwhat = \"alert\"\nwithin_s = \"3\"\n",
-     "[[expect]] #1 within_s: '3' is not a number: write within_s = 1.0"),
+     "[[expect]] #1 within_s: '3' is not a number: write within_s = 3 (a number without quotes)"),
     ("[[agent]]\nid = \"a\"\n[[expect]]\nwhat = \"light\"\naction = \"blink\"\n", "which lights?"),
     ("[agent]\nid = \"a\"\n", "write [[agent]] (double brackets)"),
     ("[[agent]]\nid = \"a\"\n", "no expectation"),
@@ -145,13 +145,89 @@ def test_a_broken_file_exits_2_before_anything_starts(tmp_path):
     path.write_text(BROKEN[1][0])
     result = sim("run", path)
     assert result.returncode == 2
-    assert "broken.toml:3: [[bell]] #1 heartbeat: unknown key" in result.stdout
+    assert "broken.toml:5: [[bell]] #1 heartbeat: unknown key" in result.stdout
 
 
-def test_errors_name_the_line_of_the_table(tmp_path):
+def test_errors_name_the_line_of_the_key_or_of_the_table_when_a_key_is_missing(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("[[agent]]\nid = \"a\"\n\n[[bell]]\nat = { east = 1 }\n\n[[bell]]\nat = { east = 2 }\ncount = 0\n")
-    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:7: \[\[bell\]\] #2 count: 0 is below 1"):
+    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:9: \[\[bell\]\] #2 count: 0 is below 1: "
+                       r"write count = 1 or more"):
+        scenario.load(path)
+    path.write_text("[[agent]]\nid = \"a\"\n\n[[bell]]\nname = \"b\"\n\n[[streetlight]]\nat = { east = 2 }\n")
+    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:4: \[\[bell\]\] #1 at: missing"):
+        scenario.load(path)
+
+
+HEAD = "[[agent]]\nid = \"a\"\n[[bell]]\nname = \"bell\"\nat = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"press\"\n" \
+       "device = \"bell\"\nname = \"press\"\n"  # 10 lines
+KEYED = [  # the tester's mistakes: a key the expectation's what (or the event's do) does not take
+    ("[[expect]]\nwhat = \"alert\"\ntype = \"bell_press\"\nafter = \"press\"\nradius_m = 50\n",
+     "broken.toml:15: [[expect]] #1 radius_m: does not apply to what = \"alert\" (it is for what = \"light\", "
+     "\"no_light\"): remove it; the keys of what = \"alert\" are what, after, within_s, narrate, type, device, agent, "
+     "center, count, location, cameras"),
+    ("[[expect]]\nwhat = \"alert\"\n# the ack's status\nstatus = \"recieved\"\n",
+     "broken.toml:14: [[expect]] #1 status: does not apply to what = \"alert\" (it is for what = \"ack\")"),
+    ("[[expect]]\nwhat = \"alert\"\ndevices = [\"bell\"]\n",
+     "broken.toml:13: [[expect]] #1 devices: does not apply to what = \"alert\" (did you mean device?) "
+     "(it is for what = \"light\", \"no_light\")"),
+    ("[[expect]]\nwhat = \"ack\"\ndevice = \"bell\"\nmax_error_m = 3\n",
+     "broken.toml:14: [[expect]] #1 max_error_m: does not apply to what = \"ack\" (it is for what = \"position\")"),
+    ("[[event]]\nat_s = 2\ndo = \"press\"\ndevice = \"bell\"\nstatus = \"received\"\n[[expect]]\nwhat = \"alert\"\n",
+     "broken.toml:15: [[event]] #2 status: does not apply to do = \"press\" (it is for do = \"ack\")"),
+    ("[[event]]\nat_s = 2\ndo = \"outage\"\nof = \"uplink\"\ndevice = \"bell\"\n[[expect]]\nwhat = \"alert\"\n",
+     "broken.toml:15: [[event]] #2 device: does not apply to of = \"uplink\" (it is for of = \"wifi\", \"power\")"),
+    ("[[expect]]\nwhat = \"alert\"\nwithin_s = -1\n",
+     "broken.toml:13: [[expect]] #1 within_s: -1 is below 0: write within_s = 0 or more"),
+    ("[[event]]\nat_s = 2\ndo = \"press\"\ndevice = \"bell\"\nbutton = \"cancel\"\n[[expect]]\nwhat = \"alert\"\n",
+     "broken.toml:15: [[event]] #2 button: 'cancel' is not one of sos (a bell's buttons): write button = \"sos\""),
+    ("[[expect]]\nwhat = \"alert\"\ncount = \"6\"\n",
+     "broken.toml:13: [[expect]] #1 count: '6' is not a whole number: write count = 6 (a number without quotes)"),
+    ("[[expect]]\nwhat = \"alert\"\ntype = \"bellpress\"\n",
+     "broken.toml:13: [[expect]] #1 type: 'bellpress' is not one of sos, test_sos, bell_press, cancel, tamper, "
+     "low_battery, monitor, lamp_fault, device_offline, device_online (did you mean bell_press?): write type = "
+     "\"bell_press\""),
+]
+
+
+@pytest.mark.parametrize("text, message", KEYED)
+def test_a_key_in_the_wrong_place_is_an_error_on_its_line(tmp_path, text, message):
+    path = tmp_path / "broken.toml"
+    path.write_text(HEAD + text)
+    with pytest.raises(scenario.ScenarioError) as err:
+        scenario.load(path)
+    assert str(err.value) == str(path.parent) + "/" + message if message.endswith("cameras") \
+        else message in str(err.value)
+
+
+def test_an_outage_of_one_agent_says_which_when_there_are_several(tmp_path):
+    path = tmp_path / "broken.toml"
+    outage = "[[event]]\nat_s = 2\ndo = \"outage\"\nof = \"%s\"\n[[expect]]\nwhat = \"alert\"\n"
+    path.write_text(HEAD + outage % "uplink")
+    assert scenario.load(path).events[1].agent == "a"  # one agent: it is the one
+    path.write_text(HEAD.replace("[[bell]]", "[[agent]]\nid = \"b\"\n[[bell]]") + outage % "local_broker")
+    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:13: \[\[event\]\] #2 agent: missing: an "
+                       r"local_broker outage is one agent's and there are 2: write agent = \"a\" \(one of a, b\)"):
+        scenario.load(path)
+    path.write_text(HEAD.replace("[[bell]]", "[[agent]]\nid = \"b\"\n[[bell]]") + outage % "center_broker")
+    assert scenario.load(path).events[1].of == "center_broker"
+
+
+def test_agent_settings_are_checked_as_the_agent_checks_its_config_before_anything_starts(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[[agent]]\nid = \"a\"\n\n[[agent]]\nid = \"b\"\nat = { east = 5 }\n"
+                    "settings = { center = { escalation = 2 } }\n[[expect]]\nwhat = \"alert\"\n")
+    result = sim("run", path)
+    assert result.returncode == 2 and result.stdout.startswith("ERROR "), result.stdout + result.stderr
+    assert "broken.toml:7: [[agent]] #2 settings: [center] escalation: unknown key (did you mean escalation_s?)" \
+        in result.stdout
+    path.write_text('[[agent]]\nid = "a"\nsettings = { center = { escalation_s = 0 } }\n[[expect]]\nwhat = "alert"\n')
+    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:3: \[\[agent\]\] #1 settings: \[center\] "
+                       r"escalation_s: must be between 1 and 3600"):
+        scenario.load(path)
+    path.write_text("[place]\nfallback = \"jung-gu\"\n[[agent]]\nid = \"a\"\n[[expect]]\nwhat = \"alert\"\n")
+    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:2: \[place\] fallback: 'jung-gu' is also the "
+                       r"district"):
         scenario.load(path)
 
 
@@ -220,10 +296,3 @@ def test_fused_position_is_better_than_one_receiver_under_the_model():
         fused, single = fused_and_single_errors(agents)
         assert round(fused[len(fused) // 2]) == fused_median and round(single[len(single) // 2]) == single_median
 
-
-def test_a_bad_agent_setting_exits_2_naming_the_agent_and_the_key(tmp_path):
-    path = tmp_path / "settings.toml"
-    path.write_text('[[agent]]\nid = "a"\nsettings = { center = { escalation_s = 0 } }\n[[expect]]\nwhat = "alert"\n')
-    result = sim("run", path)
-    assert result.returncode == 2
-    assert "settings.toml:1: [[agent]] a settings: [center] escalation_s: must be between 1 and 3600" in result.stdout

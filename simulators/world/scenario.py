@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ansim_agent import config as agent_config
+
 from .place import Place
 
 SEOUL_CITY_HALL = (37.5663, 126.9779)
@@ -164,8 +166,22 @@ class _Reader:
                 seen += 1
         return 0
 
+    def line_of_key(self, table, index, key):
+        """The line of ``key = ..`` (or ``key.sub = ..``) under that table's header, 0 if the
+        table does not give it (then errors name the header's line)."""
+        start = self.line_of(table, index)
+        if not start:
+            return 0
+        assignment = re.compile(r"""^\s*(%s|"%s"|'%s')\s*[.=]""" % ((re.escape(key),) * 3))
+        for number, line in enumerate(self.lines[start:], start + 1):
+            if _HEADER.match(line):
+                return 0
+            if assignment.match(line):
+                return number
+        return 0
+
     def where(self, table, index=None, key=None):
-        line = self.line_of(table, index)
+        line = (key and self.line_of_key(table, index, key)) or self.line_of(table, index)
         label = "[[%s]] #%d" % (table, index + 1) if index is not None else "[%s]" % table
         return "%d: %s%s" % (line, label, " %s" % key if key else "")
 
@@ -174,29 +190,44 @@ class _Reader:
             self.fail(self.where(table, index), "must be a table of key = value lines")
         for key in given:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
                 self.fail(self.where(table, index, key), "unknown key%s; the keys here are %s"
-                          % (" (did you mean %s?)" % close[0] if close else "", ", ".join(allowed)))
+                          % (_did_you_mean(key, allowed), ", ".join(allowed)))
 
-    def value(self, table, index, given, key, kind, default=None, required=False, choices=None, low=None):
+    def keys_for(self, table, index, given, selector, chosen, common, by_choice):
+        """Each key of ``given`` is one the ``selector`` value ``chosen`` takes (``common`` or
+        ``by_choice[chosen]``): a key that only another value takes is an error naming them."""
+        allowed = common + by_choice[chosen]
+        for key in given:
+            if key not in allowed:
+                takers = [c for c, keys in by_choice.items() if key in keys]
+                self.fail(self.where(table, index, key), "does not apply to %s = \"%s\"%s%s: remove it; the keys "
+                          "of %s = \"%s\" are %s" % (
+                              selector, chosen, _did_you_mean(key, by_choice[chosen]),
+                              " (it is for %s = %s)" % (selector, ", ".join('"%s"' % c for c in takers))
+                              if takers else "", selector, chosen, ", ".join(allowed)))
+
+    def value(self, table, index, given, key, kind, default=None, required=False, choices=None, low=None,
+              whose=""):
+        """``given[key]`` checked: its kind, one of ``choices`` (``whose``: whose choices they
+        are, for the message), at least ``low``."""
         if key not in given:
             if required:
                 self.fail(self.where(table, index, key), "missing: write %s = %s" % (key, _example(kind, choices)))
             return default
         value = given[key]
-        ok = (isinstance(value, bool) if kind is bool else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-              isinstance(value, int) and not isinstance(value, bool) if kind is int else
-              isinstance(value, kind))
-        if not ok:
-            self.fail(self.where(table, index, key), "%r is not a %s: write %s = %s"
-                      % (value, _KIND_NAMES[kind], key, _example(kind, choices)))
+        if not _is(value, kind):
+            self.fail(self.where(table, index, key), "%r is not a %s: %s"
+                      % (value, _KIND_NAMES[kind], _type_fix(key, value, kind, choices)))
         if choices is not None and value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            self.fail(self.where(table, index, key), "%r is not one of %s%s" % (
-                value, ", ".join(map(str, choices)), " (did you mean %s?)" % close[0] if close else ""))
+            self.fail(self.where(table, index, key), "%r is not one of %s%s%s: %s%s = %s" % (
+                value, ", ".join(map(str, choices)), " (%s)" % whose if whose else "",
+                " (did you mean %s?)" % close[0] if close else "",
+                "write " if close or len(choices) == 1 else "write one of them, e.g. ", key,
+                _toml_value(close[0]) if close else _example(kind, choices)))
         if low is not None and value < low:
-            self.fail(self.where(table, index, key), "%r is below %s" % (value, low))
+            self.fail(self.where(table, index, key), "%r is below %s: write %s = %s or more"
+                      % (value, low, key, _toml_value(low)))
         return float(value) if kind is float else value
 
     def point(self, table, index, given, key, place, required=True):
@@ -224,6 +255,49 @@ class _Reader:
 
 _KIND_NAMES = {bool: "boolean (true or false)", float: "number", int: "whole number", str: "string in quotes",
                list: "list [..]", dict: "table { .. }"}
+_HEADER = re.compile(r"^\s*\[\[?\s*[A-Za-z0-9_.\s-]+\]\]?\s*(#.*)?$")  # a table's header line
+
+
+def _did_you_mean(word, choices):
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return " (did you mean %s?)" % close[0] if close else ""
+
+
+def _is(value, kind):
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"%s"' % value
+    return "%g" % value if isinstance(value, float) else str(value)
+
+
+def _type_fix(key, value, kind, choices):
+    """What to write for a value of the wrong kind: the same value, right, when it is plain
+    (count = "6": write count = 6, a number without quotes), else an example."""
+    if isinstance(value, str) and kind in (int, float, bool):
+        try:
+            parsed = tomllib.loads("v = %s" % value.strip())["v"] if re.fullmatch(
+                r"\s*([+-]?[0-9_.eE+-]+|true|false)\s*", value) else None
+        except tomllib.TOMLDecodeError:
+            parsed = None
+        if parsed is not None and _is(parsed, kind):
+            return "write %s = %s (%s without quotes)" % (key, value.strip(), "a number" if kind is not bool
+                                                           else "true or false")
+    if kind is float and isinstance(value, str) and re.fullmatch(r"\s*[0-9.]+\s*s\s*", value):
+        return "write %s = %s (seconds, a number without quotes)" % (key, value.strip().rstrip("s").strip())
+    if kind is str and _is(value, float):
+        return 'write %s = "%s" (in quotes)' % (key, value)
+    return "write %s = %s" % (key, _example(kind, choices))
 
 
 def _example(kind, choices):
@@ -253,9 +327,8 @@ def load(path):
     r = _Reader(path, text)
     for key in raw:
         if key not in TOP:
-            close = difflib.get_close_matches(key, TOP, n=1)
             r.fail("%d: [%s]" % (r.line_of(key) or r.line_of(key, 0), key), "unknown table%s; the tables are %s"
-                   % (" (did you mean %s?)" % close[0] if close else "", ", ".join(TOP)))
+                   % (_did_you_mean(key, TOP), ", ".join(TOP)))
     for table in ("scenario", "place", "center"):
         if table in raw and not isinstance(raw[table], dict):
             r.fail("%d: %s" % (r.line_of(table, 0), table), "write [%s] once, not [[%s]]" % (table, table))
@@ -303,6 +376,7 @@ def load(path):
         agents.append(AgentSpec(ident, r.point("agent", i, a, "at", place, required=False) or place.origin,
                                 r.value("agent", i, a, "process", bool, default=False), settings,
                                 r.line_of("agent", i)))
+        _check_settings(r, i, agents[-1], district, fallback)
     if not agents:
         r.fail("0: [[agent]]", "no agent: add [[agent]] with id = \"edge-a\" and at = { east = 0, north = 0 }")
     agent_ids = [a.id for a in agents]
@@ -368,39 +442,71 @@ def load(path):
                     sorted(events, key=lambda e: e.at_s), expects)
 
 
+def _check_settings(r, i, agent, district, fallback):
+    """The agent's own config check (edge_agent/config.py) on what the runner will give it,
+    before anything starts: first without the scenario's settings (a problem there is [place]'s),
+    then with them."""
+    sections = {"agent": {"id": agent.id, "site": district, "registry": "registry.toml",
+                          "position": {"lat": agent.position[0], "lon": agent.position[1]}},
+                "center": {"host": "127.0.0.1", "tls": False, "district": district, "fallback": fallback}}
+    for table, given in (("place", {}), ("agent", agent.settings)):
+        for section, values in given.items():
+            sections[section] = {**sections.get(section, {}), **values}
+        try:
+            agent_config.validate(sections, r.path)
+        except agent_config.ConfigError as err:
+            problem = str(err).split(": ", 1)[-1]
+            named = re.fullmatch(r"\[\w+\] (site|district|fallback): (.*)", problem, re.S)
+            if table == "place" and named:  # "[center] fallback: 'jung-gu' is also the district.."
+                r.fail(r.where("place", None, "fallback" if named[1] == "fallback" else "district"), named[2])
+            if table == "place":
+                r.fail(r.where("agent", i), problem)
+            r.fail(r.where("agent", i, "settings"), problem)
+
+
 DOS = ("press", "walk", "ack", "outage")
+EVENT_KEYS = ("at_s", "do", "name")  # every event's; then each do's own:
+DO_KEYS = {"press": ("device", "button"), "walk": ("device", "path", "speed_mps", "update_s", "monitor", "agent"),
+           "ack": ("device", "status"), "outage": ("of", "for_s", "agent", "device")}
+OUTAGE_KEYS = {"uplink": ("agent",), "center_broker": (), "local_broker": ("agent",), "agent": ("agent",),
+               "wifi": ("device",), "power": ("device",)}  # an outage's, besides of and for_s
+EXPECT_KEYS = ("what", "after", "within_s", "narrate")  # every expectation's; then each what's own:
+WHAT_KEYS = {"alert": ("type", "device", "agent", "center", "count", "location", "cameras"),
+             "light": ("action", "device", "devices", "near", "radius_m"),
+             "ack": ("device", "status"), "heard": ("device", "agent"), "position": ("device", "max_error_m", "type")}
+WHAT_KEYS.update(no_alert=WHAT_KEYS["alert"], no_light=WHAT_KEYS["light"])
 
 
-def _device(r, table, i, given, devices, roles, required=True):
-    name = given.get("device")
+def _device(r, table, i, given, devices, roles, required=True, key="device"):
+    name = given.get(key)
     if name is None:
         if required:
-            r.fail(r.where(table, i, "device"), "missing: write device = \"<a device's name or id>\"")
+            r.fail(r.where(table, i, key), "missing: write device = \"<a device's name or id>\"")
         return None
     if name not in devices:
         by_id = [d for d in devices.values() if d.hex_id == name]
         if not by_id:
-            close = difflib.get_close_matches(str(name), list(devices), n=1)
-            r.fail(r.where(table, i, "device"), "%r is no device of this scenario%s; they are %s"
-                   % (name, " (did you mean %s?)" % close[0] if close else "", ", ".join(list(devices)[:12])))
+            r.fail(r.where(table, i, key), "%r is no device of this scenario%s; they are %s"
+                   % (name, _did_you_mean(name, devices), ", ".join(list(devices)[:12])))
         name = by_id[0].name
     if roles and devices[name].role not in roles:
-        r.fail(r.where(table, i, "device"), "%s is a %s; here it must be a %s" % (name, devices[name].role,
-                                                                                   " or ".join(roles)))
+        r.fail(r.where(table, i, key), "%s is a %s; here it must be a %s" % (name, devices[name].role,
+                                                                              " or ".join(roles)))
     return name
 
 
 def _event(r, i, e, place, devices, agent_ids):
-    r.keys("event", i, e, ("at_s", "do", "name", "device", "agent", "button", "status", "of", "for_s", "path",
-                           "speed_mps", "update_s", "monitor"))
+    r.keys("event", i, e, EVENT_KEYS + tuple(dict.fromkeys(k for keys in DO_KEYS.values() for k in keys)))
     do = r.value("event", i, e, "do", str, required=True, choices=DOS)
+    r.keys_for("event", i, e, "do", do, EVENT_KEYS, DO_KEYS)
     ev = Event(r.value("event", i, e, "at_s", float, required=True, low=0), do,
                name=r.value("event", i, e, "name", str), line=r.line_of("event", i))
     ev.agent = r.value("event", i, e, "agent", str, default=agent_ids[0], choices=agent_ids)
     if do == "press":
         ev.device = _device(r, "event", i, e, devices, ("wearable", "bell"))
         role = devices[ev.device].role
-        ev.button = r.value("event", i, e, "button", str, default="sos", choices=BUTTONS[role])
+        ev.button = r.value("event", i, e, "button", str, default="sos", choices=BUTTONS[role],
+                            whose="a %s's buttons" % role)
     elif do == "ack":
         ev.device = _device(r, "event", i, e, devices, ("wearable", "bell"))
         ev.status = r.value("event", i, e, "status", str, required=True, choices=ACK_STATUSES)
@@ -416,24 +522,27 @@ def _event(r, i, e, place, devices, agent_ids):
         ev.monitor = r.value("event", i, e, "monitor", bool, default=True)
     elif do == "outage":
         ev.of = r.value("event", i, e, "of", str, required=True, choices=OUTAGES)
+        r.keys_for("event", i, e, "of", ev.of, EVENT_KEYS + ("of", "for_s"), OUTAGE_KEYS)
         ev.for_s = r.value("event", i, e, "for_s", float, default=None, low=0)
+        if "agent" in OUTAGE_KEYS[ev.of] and "agent" not in e and len(agent_ids) > 1:
+            r.fail(r.where("event", i, "agent"), "missing: an %s outage is one agent's and there are %d: write "
+                   "agent = \"%s\" (one of %s)" % (ev.of, len(agent_ids), agent_ids[0], ", ".join(agent_ids)))
         if ev.of in ("wifi", "power"):
             ev.device = _device(r, "event", i, e, devices, ("bell", "streetlight") if ev.of == "wifi" else ())
     return ev
 
 
 def _expect(r, i, x, place, devices, cameras, agent_ids, names):
-    r.keys("expect", i, x, ("what", "type", "device", "devices", "agent", "center", "after", "within_s", "count",
-                            "action", "status", "max_error_m", "near", "radius_m", "location", "cameras",
-                            "narrate"))
+    r.keys("expect", i, x, EXPECT_KEYS + tuple(dict.fromkeys(k for keys in WHAT_KEYS.values() for k in keys)))
     what = r.value("expect", i, x, "what", str, required=True, choices=EXPECTS)
+    r.keys_for("expect", i, x, "what", what, EXPECT_KEYS, WHAT_KEYS)
     ex = Expect(what, r.line_of("expect", i))
     ex.narrate = r.value("expect", i, x, "narrate", str)
     ex.after = r.value("expect", i, x, "after", str, choices=names or None)
     if ex.after is not None and not names:
         r.fail(r.where("expect", i, "after"), "no event has a name: add name = \"%s\" to the event" % ex.after)
     ex.within_s = r.value("expect", i, x, "within_s", float, low=0)
-    ex.agent = r.value("expect", i, x, "agent", str, choices=agent_ids)
+    ex.agent = r.value("expect", i, x, "agent", str, choices=agent_ids)  # alert, no_alert and heard take it
     if what in ("alert", "no_alert"):
         ex.type = r.value("expect", i, x, "type", str, choices=ALERT_TYPES)
         ex.device = _device(r, "expect", i, x, devices, (), required=False)
@@ -444,15 +553,14 @@ def _expect(r, i, x, place, devices, cameras, agent_ids, names):
         known = [ident for ident, _ in cameras]
         for ident in ex.cameras:
             if ident not in known:
-                close = difflib.get_close_matches(str(ident), known, n=1)
                 r.fail(r.where("expect", i, "cameras"), "%r is no [[camera]] of this scenario%s; they are %s" % (
-                    ident, " (did you mean %s?)" % close[0] if close else "", ", ".join(known) or "none"))
+                    ident, _did_you_mean(ident, known), ", ".join(known) or "none"))
     elif what in ("light", "no_light"):
         ex.action = r.value("expect", i, x, "action", str, required=True, choices=LIGHT_ACTIONS)
         if "device" in x:
             ex.devices = [_device(r, "expect", i, x, devices, ("streetlight",))]
         for name in r.value("expect", i, x, "devices", list, default=[]):
-            ex.devices.append(_device(r, "expect", i, {"device": name}, devices, ("streetlight",)))
+            ex.devices.append(_device(r, "expect", i, {"devices": name}, devices, ("streetlight",), key="devices"))
         if "near" in x:
             centre = r.point("expect", i, x, "near", place)
             radius = r.value("expect", i, x, "radius_m", float, required=True, low=0)
