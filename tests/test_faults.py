@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from ansim_simulators.world.faults import KINDS, FaultRun, draw_schedule
+from ansim_simulators.world.fault_schedule import KINDS, draw_schedule
+from ansim_simulators.world.faults import FaultRun
 
 SEED = os.environ.get("ANSIM_SEED", "ci-1")
 

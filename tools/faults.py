@@ -44,7 +44,8 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from ansim_simulators.world.faults import FaultRun, load_schedule
+    from ansim_simulators.world.fault_schedule import load_schedule
+    from ansim_simulators.world.faults import FaultRun
 
     seeds = args.seed or ["1"]
     runs = []

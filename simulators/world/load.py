@@ -23,7 +23,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from ansim_simulators.fixtures.broker import MosquittoBroker
-from ansim_simulators.world.faults import _Agent as AgentProcess
+from ansim_simulators.world.agent_process import AgentProcess
 
 from . import devices as dev
 from .place import Place

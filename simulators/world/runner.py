@@ -31,8 +31,8 @@ from ansim_simulators.fixtures import waits
 from ansim_simulators.hardware.ble_radio import ThreadedAir
 from ansim_simulators.fixtures.broker import MosquittoBroker, free_port
 from ansim_simulators.center.control_center import ControlCenter
-from ansim_simulators.world.faults import _Agent as AgentProcess
-from ansim_simulators.world.faults import _Proxy
+from ansim_simulators.world.agent_process import AgentProcess
+from ansim_simulators.world.tcp_relay import TcpRelay as _Proxy
 
 from . import devices as dev
 from .boards import Board, BoardDevice, WearableBoard
