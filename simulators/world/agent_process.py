@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ansim_simulators.fixtures.broker import _die_with_parent
+from ansim_simulators.fixtures.broker import die_with_parent
 
 
 class AgentProcess:
@@ -26,7 +26,7 @@ class AgentProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "ansim_tools.cli", "agent", "--config",
                                           str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(os.getpid()))
+                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(os.getpid()))
         self.starts += 1
 
     def kill9(self):

@@ -32,7 +32,7 @@ from ansim_simulators.hardware.ble_radio import ThreadedAir
 from ansim_simulators.fixtures.broker import MosquittoBroker, free_port
 from ansim_simulators.center.control_center import ControlCenter
 from ansim_simulators.world.agent_process import AgentProcess
-from ansim_simulators.world.tcp_relay import TcpRelay as _Proxy
+from ansim_simulators.world.tcp_relay import TcpRelay
 
 from . import devices as dev
 from .boards import Board, BoardDevice, WearableBoard
@@ -74,7 +74,7 @@ def run_files(paths, keep=False):
     return status
 
 
-class Uplink(_Proxy):
+class Uplink(TcpRelay):
     """An agent's TCP path to the center's broker; ``down()`` breaks it and refuses new
     connections until ``up()``."""
 
