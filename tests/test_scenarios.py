@@ -206,8 +206,8 @@ def test_an_outage_of_one_agent_says_which_when_there_are_several(tmp_path):
     path.write_text(HEAD + outage % "uplink")
     assert scenario.load(path).events[1].agent == "a"  # one agent: it is the one
     path.write_text(HEAD.replace("[[bell]]", "[[agent]]\nid = \"b\"\n[[bell]]") + outage % "local_broker")
-    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:13: \[\[event\]\] #2 agent: missing: an "
-                       r"local_broker outage is one agent's and there are 2: write agent = \"a\" \(one of a, b\)"):
+    with pytest.raises(scenario.ScenarioError, match=r"broken.toml:13: \[\[event\]\] #2 agent: missing: an outage "
+                       r"of local_broker is one agent's and there are 2: write agent = \"a\" \(one of a, b\)"):
         scenario.load(path)
     path.write_text(HEAD.replace("[[bell]]", "[[agent]]\nid = \"b\"\n[[bell]]") + outage % "center_broker")
     assert scenario.load(path).events[1].of == "center_broker"

@@ -525,7 +525,7 @@ def _event(r, i, e, place, devices, agent_ids):
         r.keys_for("event", i, e, "of", ev.of, EVENT_KEYS + ("of", "for_s"), OUTAGE_KEYS)
         ev.for_s = r.value("event", i, e, "for_s", float, default=None, low=0)
         if "agent" in OUTAGE_KEYS[ev.of] and "agent" not in e and len(agent_ids) > 1:
-            r.fail(r.where("event", i, "agent"), "missing: an %s outage is one agent's and there are %d: write "
+            r.fail(r.where("event", i, "agent"), "missing: an outage of %s is one agent's and there are %d: write "
                    "agent = \"%s\" (one of %s)" % (ev.of, len(agent_ids), agent_ids[0], ", ".join(agent_ids)))
         if ev.of in ("wifi", "power"):
             ev.device = _device(r, "event", i, e, devices, ("bell", "streetlight") if ev.of == "wifi" else ())
