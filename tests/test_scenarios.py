@@ -91,6 +91,58 @@ within_s = 3
               for n, east in ((1, 12), (2, 20), (3, 30), (4, 300)))
 
 
+TWO_WALKS = """[scenario]
+duration_s = 12
+
+[[agent]]
+id = "edge-a"
+
+[[wearable]]
+name = "kid"
+at = { east = 0 }
+
+[[streetlight]]
+name = "lamp"
+at = { east = 0 }
+count = 6
+step = { east = 20 }
+
+[[event]]
+at_s = 0.5
+do = "walk"
+device = "kid"
+path = [{ east = 40 }]
+speed_mps = 20
+name = "first"
+
+[[event]]
+at_s = 4
+do = "walk"
+device = "kid"
+path = [{ east = 100 }]
+speed_mps = 20
+monitor = true
+name = "second"
+
+[[expect]]
+what = "light"
+action = "brighten"
+device = "lamp5"
+after = "second"
+within_s = 4
+"""
+
+
+def test_a_second_walk_goes_on_from_where_the_first_ended(tmp_path):
+    """40 m east, then on to 100 m: the second walk is 60 m, and the lamp at 80 m brightens
+    ahead of the walker (its route starts where the first walk ended, not at the start)."""
+    path = tmp_path / "walks.toml"
+    path.write_text(TWO_WALKS)
+    result = sim("run", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kid walks 40 m" in result.stdout and "kid walks 60 m" in result.stdout
+
+
 def test_an_alerts_location_source_and_cameras_are_checked(tmp_path):
     """The child's SOS carries her GNSS fix and the agent lists the 3 nearest of 4 cameras: the
     true location and cameras hold, a wrong source or a far camera fails the run."""

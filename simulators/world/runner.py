@@ -522,7 +522,7 @@ class World:
         if ev.do == "ack":
             return "the center acknowledges %s's alert: %s" % (ev.device, ev.status)
         if ev.do == "walk":
-            return "%s walks %.0f m%s" % (ev.device, _length(self.s.place, ev.path),
+            return "%s walks %.0f m%s" % (ev.device, _length(self.s.place, _route(self, ev)),
                                           " under walk-home monitoring" if ev.monitor else "")
         target = ev.device or ev.agent
         return "outage of %s (%s)%s" % (ev.of, target if ev.of not in ("center_broker",) else "all",
@@ -596,14 +596,15 @@ class Walk:
     def __init__(self, world, ev):
         self.world, self.ev = world, ev
         self.wearable = world.devices[ev.device]
-        self.metres = [world.s.place.metres(*p) for p in ev.path]
+        self.route = _route(world, ev)
+        self.metres = [world.s.place.metres(*p) for p in self.route]
         self.length = place_module.path_length(self.metres)
         self.start = time.monotonic()
         self.next_update = self.start + ev.update_s
         self.session = "walk-%s" % self.wearable.spec.hex_id
         if ev.monitor:
             world.center.monitor(ev.agent, {"session": self.session, "action": "start",
-                                            "route": [list(p) for p in ev.path]})
+                                            "route": [list(p) for p in self.route]})
 
     def step(self, now):
         """Move on; True once arrived."""
@@ -619,6 +620,12 @@ class Walk:
             self.world.center.monitor(self.ev.agent, {"session": self.session, "action": "update",
                                                       "position": list(self.wearable.position)})
         return False
+
+
+def _route(world, ev):
+    """A walk's route: from where its wearable is now (a second walk goes on from where the
+    first ended) through the event's points."""
+    return [world.devices[ev.device].position] + ev.path[1:]
 
 
 def _length(place, path):
