@@ -235,7 +235,7 @@ class Core:
                    and now - sos.received_at <= self.config.agent["cancel_window_s"])
         if in_time:
             self.open_emergencies.pop(device.device_id)
-            self._restore_lights(sos.lights, now, downlinks)
+            self._settle_lights(sos.lights, now, downlinks)
         return self._alert("cancel", device, frame, reception, now, epoch,
                            {"cancels": cancelled, "within_window": in_time})
 
@@ -266,9 +266,29 @@ class Core:
             downlinks.append(self.light_command(light, action, 100, duration, now))
         return chosen
 
-    def _restore_lights(self, lights, now, downlinks):
+    def _settle_lights(self, lights, now, downlinks):
+        """``lights`` that an emergency or a walk no longer wants: each does what the others
+        still want of it (an open emergency's blink first, then a walk's brighten), else goes
+        back to its schedule. One emergency's end must not dark another's lights, nor a walk
+        end an emergency's blink."""
+        blinking, bright = self._blinking(), self._brightened()
+        settings = self.config.lights
         for light in lights:
-            downlinks.append(self.light_command(light, "restore", 0, 0, now))
+            if light.device_id in blinking:
+                continue
+            if light.device_id in bright:
+                downlinks.append(self.light_command(light, "brighten", settings["brighten_pct"],
+                                                    settings["monitor_hold_s"], now))
+            else:
+                downlinks.append(self.light_command(light, "restore", 0, 0, now))
+
+    def _blinking(self):
+        """Ids of the lights an open emergency blinks."""
+        return {light.device_id for sos in self.open_emergencies.values() for light in sos.lights}
+
+    def _brightened(self):
+        """Ids of the lights a walk-home session wants bright."""
+        return {device_id for session in self.monitoring.values() for device_id in session.bright}
 
     def light_command(self, light, action, level_pct, duration_s, now):
         fields = {"action": action, "level_pct": level_pct, "duration_s": duration_s,
@@ -345,19 +365,19 @@ class Core:
         if action in ("stop", "arrived"):
             self._end_monitoring(session_id, now, downlinks)
             return downlinks
-        brighten, restore = session.move(request["position"])
+        brighten, behind = session.move(request["position"])
+        blinking = self._blinking()
         for device_id in brighten:
-            downlinks.append(self.light_command(self.registry.get(device_id), "brighten", lights["brighten_pct"],
-                                                lights["monitor_hold_s"], now))
-        for device_id in restore:
-            downlinks.append(self.light_command(self.registry.get(device_id), "restore", 0, 0, now))
+            if device_id not in blinking:  # an open emergency's blink goes first
+                downlinks.append(self.light_command(self.registry.get(device_id), "brighten", lights["brighten_pct"],
+                                                    lights["monitor_hold_s"], now))
+        self._settle_lights([self.registry.get(device_id) for device_id in behind], now, downlinks)
         return downlinks
 
     def _end_monitoring(self, session_id, now, downlinks):
         session = self.monitoring.pop(session_id, None)
         if session is not None:
-            for device_id in session.end():
-                downlinks.append(self.light_command(self.registry.get(device_id), "restore", 0, 0, now))
+            self._settle_lights([self.registry.get(device_id) for device_id in session.end()], now, downlinks)
 
     def resolve(self, alert_id, now):
         """The center resolved an emergency: its lights go back to their schedule."""
@@ -365,5 +385,5 @@ class Core:
         for device_id, sos in list(self.open_emergencies.items()):
             if sos.alert_id == alert_id:
                 del self.open_emergencies[device_id]
-                self._restore_lights(sos.lights, now, downlinks)
+                self._settle_lights(sos.lights, now, downlinks)
         return downlinks

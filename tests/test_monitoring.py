@@ -7,10 +7,11 @@ import pytest
 
 from ansim_agent import center_messages
 from ansim_agent import config as config_module
+from ansim_agent.intake import Reception
 from ansim_agent.monitoring import Route
 from ansim_agent.service import Agent
 from ansim_protocol import frames, topics
-from ansim_protocol.crypto import DeviceKeys
+from ansim_protocol.crypto import DeviceKeys, epoch_of
 from ansim_simulators.fixtures.broker import MosquittoBroker
 from ansim_simulators.world.street import ORIGIN, Street, offset
 from test_core import Clock, make_core
@@ -53,6 +54,58 @@ def test_lights_follow_the_walker_and_are_restored_on_arrival(tmp_path):
     assert arrived == {i: "restore" for i in light_ids(street, range(60, 161, 20))}
     with pytest.raises(center_messages.Refused, match="no monitoring session"):
         commands({"session": "walk-1", "action": "update", "position": list(ORIGIN)})
+    store.close()
+
+
+def actions(street, downlinks):
+    """{light id: its command's action} of a batch of downlinks."""
+    out = {}
+    for d in downlinks:
+        light = next(l for l in street.lights if l.device_id == d.device_id)
+        out[d.device_id] = frames.unpack(d.frame, DeviceKeys(light.key)).fields["action"]
+    return out
+
+
+def sos_at(core, wearable, counter, east_m, clock):
+    lat, lon = offset(ORIGIN, east_m)
+    frame = frames.build_sealed("sos", {"lat": lat, "lon": lon, "accuracy_m": 8}, DeviceKeys(wearable.key), counter,
+                                epoch_of(clock.now))
+    outcomes, downlinks = core.process_batch([Reception(frame, "ble", "ble0", rssi=-70)])
+    return outcomes[0].alert_id, downlinks
+
+
+def test_an_open_emergency_keeps_its_blink_through_a_walk_which_gets_the_lights_back_after(tmp_path):
+    """A walk passes lights that blink for an open SOS: it neither brightens nor restores them
+    (the emergency's blink goes first); resolving the SOS hands each to what the walk wants."""
+    street, clock = Street(tmp_path / "street", center_port=1), Clock()
+    core, store = make_core(street, clock)
+    alert_id, blink = sos_at(core, street.wearables[0], 5, 26, clock)  # blinks the lights within 50 m
+    assert actions(street, blink) == {i: "blink" for i in light_ids(street, (0, 20, 40, 60))}
+
+    def walk(request):
+        return actions(street, core.monitor(center_messages.parse_monitor(json.dumps(request)), clock.now))
+
+    route = [list(ORIGIN), list(offset(ORIGIN, 180))]
+    assert walk({"session": "w", "action": "start", "route": route}) == {
+        i: "brighten" for i in light_ids(street, (80, 100))}
+    assert walk({"session": "w", "action": "update", "position": list(offset(ORIGIN, 60, 2))}) == {
+        i: "brighten" for i in light_ids(street, (120, 140, 160))}  # nothing for the blinking ones behind
+    assert actions(street, core.resolve(alert_id, clock.now)) == {
+        **{i: "restore" for i in light_ids(street, (0, 20, 40))},
+        **{i: "brighten" for i in light_ids(street, (60,))}}  # the walker is there
+    assert walk({"session": "w", "action": "arrived"}) == {i: "restore" for i in light_ids(street, range(60, 161, 20))}
+    store.close()
+
+
+def test_the_end_of_one_emergency_leaves_the_lights_of_another_blinking(tmp_path):
+    street, clock = Street(tmp_path / "street", center_port=1), Clock()
+    core, store = make_core(street, clock)
+    first, _ = sos_at(core, street.wearables[0], 5, 26, clock)  # lights at 0-60 m
+    second, blink = sos_at(core, street.wearables[1], 5, 66, clock)  # lights at 20-100 m
+    assert set(actions(street, blink)) == light_ids(street, (20, 40, 60, 80, 100))
+    assert actions(street, core.resolve(first, clock.now)) == {i: "restore" for i in light_ids(street, (0,))}
+    assert actions(street, core.resolve(second, clock.now)) == {
+        i: "restore" for i in light_ids(street, (20, 40, 60, 80, 100))}
     store.close()
 
 
