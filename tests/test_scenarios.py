@@ -179,7 +179,43 @@ BROKEN = [
      "[[expect]] #1 location: 'gps' is not one of gnss, registered, receiver"),
     ("[[agent]]\nid = \"a\"\n[[camera]]\nid = \"CCTV-001\"\nat = { east = 1 }\n[[expect]]\nwhat = \"alert\"\n"
      "cameras = [\"CCTV-01\"]\n", "'CCTV-01' is no [[camera]] of this scenario (did you mean CCTV-001?)"),
+    # settings of what the runner sets itself: an error naming the key, not a confusing run
+    ("[[agent]]\nid = \"a\"\nsettings = { ble = { enabled = false } }\n[[expect]]\nwhat = \"alert\"\n",
+     "broken.toml:3: [[agent]] #1 settings: [ble] enabled: the runner sets it itself (to true, the agent's radio on "
+     "the virtual air): remove it from settings"),
+    ("[[agent]]\nid = \"a\"\nsettings = { agent = { id = \"other\" } }\n[[expect]]\nwhat = \"alert\"\n",
+     "[agent] id: the runner sets it itself (to the [[agent]]'s id): remove it from settings and write id = \"...\" "
+     "in the [[agent]] table"),
+    ("[[agent]]\nid = \"a\"\nsettings = { center = { district = \"x\" } }\n[[expect]]\nwhat = \"alert\"\n",
+     "[center] district: the runner sets it itself (to [place] district): remove it from settings and write "
+     "district = \"...\" under [place]"),
+    ("[[agent]]\nid = \"a\"\nsettings = { metrics = { port = 9 } }\n[[expect]]\nwhat = \"alert\"\n",
+     "[metrics] port: the runner sets it itself"),
+    # every message says what to write
+    ("[[agent]]\nid = \"a\"\nsettings = { supervision = { mains_s = 5 } }\n[[expect]]\nwhat = \"alert\"\n",
+     "[supervision] mains_s: must be at least 10, got 5 (the default is 90): write mains_s = 10 or more in settings"),
+    ("[[agent]]\nid = \"edge a\"\n[[expect]]\nwhat = \"alert\"\n",
+     "[[agent]] #1 id: 'edge a': letters, digits, '.', '_', '-', at most 58 characters: write e.g. id = \"edge-a\""),
+    ("[[agent]]\nid = \"a\"\n[[wearable]]\nname = \"mia\"\nat = { east = 1 }\n[[streetlight]]\nname = \"lamp\"\n"
+     "at = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"press\"\ndevice = \"maa\"\n[[expect]]\nwhat = \"alert\"\n",
+     "[[event]] #1 device: 'maa' is no device of this scenario (did you mean mia?); the wearables and bells are mia: "
+     "write device = \"mia\""),
+    ("[[agent]]\nid = \"a\"\n[[wearable]]\nname = \"w\"\nat = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"press\"\n"
+     "device = \"bob\"\n[[expect]]\nwhat = \"alert\"\n",
+     "'bob' is no device of this scenario; the devices are w: write device = \"w\""),
+    ("[[agent]]\nid = \"a\"\n[[wearable]]\nname = \"w\"\nat = { east = 1 }\n[[streetlight]]\nname = \"lamp\"\n"
+     "at = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"press\"\ndevice = \"lamp\"\n[[expect]]\nwhat = \"alert\"\n",
+     "lamp is a streetlight; here it must be a wearable or bell: write device = \"w\" (one of w)"),
+    ("[[agent]]\nid = \"a\"\n[[streetlight]]\nname = \"lamp\"\nat = { east = 1 }\n[[expect]]\nwhat = \"light\"\n"
+     "action = \"blink\"\nradius_m = 50\n", "broken.toml:9: [[expect]] #1 radius_m: radius_m is the radius around "
+     "near, which is missing: add near = { east = .., north = .. }"),
 ]
+
+
+def test_every_scenario_file_loads_with_the_settings_it_gives():
+    """The runner-owned keys are refused, yet what the folder's scenarios set still loads."""
+    for path in FILES:
+        scenario.load(path)
 
 
 @pytest.mark.parametrize("text, message", BROKEN)
@@ -348,3 +384,47 @@ def test_fused_position_is_better_than_one_receiver_under_the_model():
         fused, single = fused_and_single_errors(agents)
         assert round(fused[len(fused) // 2]) == fused_median and round(single[len(single) // 2]) == single_median
 
+
+
+def _judge(tmp_path, expects):
+    """A Judge over a one-agent scenario with wearables w and v, a bell b and the given [[expect]]s."""
+    from ansim_simulators.world.expect import Judge, Record
+    path = tmp_path / "judged.toml"
+    path.write_text("[scenario]\nduration_s = 10\n[[agent]]\nid = \"edge-a\"\n[[wearable]]\nname = \"w\"\n"
+                    "at = { east = 1 }\n[[wearable]]\nname = \"v\"\nat = { east = 2 }\n[[bell]]\nname = \"b\"\n"
+                    "at = { east = 3 }\n" + expects)
+    s = scenario.load(path)
+    record = Record()
+    return Judge(s, record, {}, {"edge-a": s.place.origin}, start=1000.0), record
+
+
+def _alert(kind, device, n):
+    return {"type": kind, "alert_id": "%s-%d" % (device, n), "device": {"id": device}, "agent": {"id": "edge-a"},
+            "location": {"source": "gnss"}}
+
+
+def test_an_ack_that_fails_says_which_acks_did_reach_the_device(tmp_path, capsys):
+    from types import SimpleNamespace
+    judge, record = _judge(tmp_path, '[[expect]]\nwhat = "ack"\ndevice = "w"\nstatus = "dispatched"\n'
+                                     '[[expect]]\nwhat = "ack"\ndevice = "b"\nstatus = "resolved"\n'
+                                     '[[expect]]\nwhat = "ack"\ndevice = "v"\n')
+    record.wearable_acks.append((1001.03, "w", "received"))
+    record.commands.append((1002.5, "b", SimpleNamespace(kind="center_ack", fields={"status": "received"})))
+    judge.step(1011, final=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert "no center_ack dispatched reached w in the window; it got: received at +1.03 s" in lines[0]
+    assert "no center_ack resolved reached b in the window; it got: received at +2.50 s" in lines[1]
+    assert "no center_ack reached v in the window; it got no ack at all" in lines[2]
+
+
+def test_an_alert_that_fails_shows_the_alerts_of_its_device_and_type_first(tmp_path, capsys):
+    judge, record = _judge(tmp_path, '[[expect]]\nwhat = "alert"\ntype = "sos"\ndevice = "w"\nlocation = "receiver"\n'
+                                     '[[expect]]\nwhat = "alert"\ntype = "sos"\ndevice = "v"\n')
+    record.alerts += [(1001.0 + n, "jung-gu", _alert("bell_press", "00020001", n)) for n in range(1, 7)]
+    record.alerts.append((1008.0, "jung-gu", _alert("sos", "00010001", 1)))
+    judge.step(1011, final=True)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.endswith("none arrived; seen: sos 00010001-1 from edge-a at +8.00 s (jung-gu, location gnss) "
+                          "(and 6 unrelated alerts)"), first
+    assert "none arrived; seen: no sos of v alert at all; unrelated: bell_press 00020001-1 from edge-a at +2.00 s " \
+        "(jung-gu); bell_press 00020001-2" in second and second.endswith("(+4)"), second

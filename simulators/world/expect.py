@@ -83,17 +83,31 @@ class Judge:
         return out
 
     def _seen(self, ex):
-        """The first alerts that arrived, each with what ``ex`` looks at."""
-        shown = []
-        for t, c, b in list(self.r.alerts)[:8]:
+        """The alerts that arrived, those of the expectation's device and type first (at most
+        5), each with what ``ex`` looks at; the others only counted, or named when none is."""
+        device = self.s.devices[ex.device].hex_id if ex.device else None
+        alerts = list(self.r.alerts)
+        related = [a for a in alerts if (not ex.type or a[2].get("type") == ex.type)
+                   and (not device or a[2].get("device", {}).get("id") == device)]
+
+        def show(t, c, b):
             about = [c]
             if ex.location:
                 about.append("location %s" % (b.get("location") or {}).get("source"))
             if ex.cameras:
                 about.append("cameras %s" % (",".join(_cameras(b)) or "none"))
-            shown.append("%s %s from %s at %s (%s)" % (b.get("type"), b.get("alert_id"), b.get("agent", {}).get("id"),
-                                                       self._rel(t), ", ".join(about)))
-        return "; ".join(shown) or "no alert at all"
+            return "%s %s from %s at %s (%s)" % (b.get("type"), b.get("alert_id"), b.get("agent", {}).get("id"),
+                                                 self._rel(t), ", ".join(about))
+        if not alerts:
+            return "no alert at all"
+        if not related:
+            return "no %s alert at all; unrelated: %s%s" % (
+                " ".join(x for x in (ex.type, ex.device and "of %s" % ex.device) if x),
+                "; ".join(show(*a) for a in alerts[:3]), " (+%d)" % (len(alerts) - 3) if len(alerts) > 3 else "")
+        others = len(alerts) - len(related)
+        return "%s%s%s" % ("; ".join(show(*a) for a in related[:5]),
+                           " (+%d such)" % (len(related) - 5) if len(related) > 5 else "",
+                           " (and %d unrelated alert%s)" % (others, "" if others == 1 else "s") if others else "")
 
     def _alert(self, ex, ref, close, over):
         found = self._matching(ex, ref, close)
@@ -154,8 +168,21 @@ class Judge:
                       if d == ex.device and ref <= t <= close and ex.status in (None, status)), None)
         if t is not None:
             return True, "%.2f s" % (t - ref)
-        return (False, "no center_ack%s reached %s" % (" " + ex.status if ex.status else "", ex.device)) \
-            if over else None
+        if not over:
+            return None
+        return False, "no center_ack%s reached %s in the window; %s" % (
+            " " + ex.status if ex.status else "", ex.device, self._acks_seen(ex.device))
+
+    def _acks_seen(self, name):
+        """Which acks did reach the device ``name``, whenever: "it got: received at +1.03 s"."""
+        if self.s.devices[name].role == "bell":
+            got = [(t, f.fields.get("status")) for t, d, f in list(self.r.commands) if d == name and f.kind == "center_ack"]
+        else:
+            got = [(t, status) for t, d, status in list(self.r.wearable_acks) if d == name]
+        if not got:
+            return "it got no ack at all"
+        return "it got: %s%s" % (", ".join("%s at %s" % (status, self._rel(t)) for t, status in got[:5]),
+                                 " (+%d)" % (len(got) - 5) if len(got) > 5 else "")
 
     def _heard(self, ex, ref, close, over):
         device = self.s.devices[ex.device].hex_id

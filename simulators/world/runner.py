@@ -280,11 +280,11 @@ class World:
             board.online()
         if self.s.by_role("wearable"):
             self._listen_for_acks()
-        self.say("  %d agent%s, %d wearables, %d bells, %d streetlights (%d on virtual boards with the real "
-                 "firmware), %d cameras; all up"
-                 % (len(self.s.agents), "" if len(self.s.agents) == 1 else "s", len(self.s.by_role("wearable")),
-                    len(self.s.by_role("bell")), len(self.s.by_role("streetlight")), len(boards),
-                    len(self.s.cameras)))
+        counts = [(len(self.s.agents), "agent")] + [(len(self.s.by_role(r)), r) for r in ("wearable", "bell",
+                                                                                          "streetlight")]
+        self.say("  %s; %s on %s with the real firmware; all up" % (
+            ", ".join(_count(n, what) for n, what in counts + [(len(self.s.cameras), "camera")]),
+            _count(len(boards), "device"), "a virtual board" if len(boards) == 1 else "virtual boards"))
 
     def _local_broker(self, directory):
         """An agent's local broker; with ``[place] logins``, as ``ansim provision`` sets a site's:
@@ -620,6 +620,11 @@ class Walk:
             self.world.center.monitor(self.ev.agent, {"session": self.session, "action": "update",
                                                       "position": list(self.wearable.position)})
         return False
+
+
+def _count(n, what):
+    """"1 wearable", "2 wearables", "0 bells"."""
+    return "%d %s%s" % (n, what, "" if n == 1 else "s")
 
 
 def _route(world, ev):

@@ -26,6 +26,30 @@ ALERT_TYPES = ("sos", "test_sos", "bell_press", "cancel", "tamper", "low_battery
                "device_offline", "device_online")
 LOCATION_SOURCES = ("gnss", "registered", "receiver")  # an alert's location.source (edge_agent/alert.schema.json)
 AGENT_SECTIONS = ("agent", "local_mqtt", "center", "lights", "supervision", "ble", "serial", "metrics")
+# agent.toml keys the runner writes itself (runner.World._write_site): a scenario's settings may not give them.
+# Each with what the runner sets and where a scenario says it instead, if it can.
+RUNNER_SETS = {
+    "agent": {"id": ("the [[agent]]'s id", 'write id = "..." in the [[agent]] table'),
+              "site": ("[place] district", 'write district = "..." under [place]'),
+              "position": ("the [[agent]]'s at", "write at = { east = .., north = .. } in the [[agent]] table"),
+              "registry": ("a registry of the scenario's devices, cameras and facilities", ""),
+              "data_dir": ("a folder of the run's own (--keep keeps it)", "")},
+    "local_mqtt": {"enabled": ("true, the agent's own local broker", ""),
+                   "host": ("127.0.0.1, the agent's own local broker", ""),
+                   "port": ("the agent's own local broker's port", ""),
+                   "username": ("[place] logins", "write logins = true under [place]"),
+                   "password_file": ("[place] logins", "write logins = true under [place]")},
+    "center": {"host": ("127.0.0.1, the agent's relay to the center's broker", ""),
+               "port": ("the agent's relay to the center's broker", ""),
+               "tls": ("false, the center's broker being on this machine", ""),
+               "district": ("[place] district", 'write district = "..." under [place]'),
+               "fallback": ("[place] fallback", 'write fallback = "..." under [place]')},
+    "ble": {"enabled": ("true, the agent's radio on the virtual air", ""),
+            "virtual_air": ("the agent's place on the virtual air (its at)", ""),
+            "virtual_air_tx": ("an agent process's controller of the virtual air", ""),
+            "company_id": ("0xFFFF, the id the scenario's wearables advertise under", "")},
+    "metrics": {"port": ("0 (off): several agents share this machine", "")},
+}
 
 
 class ScenarioError(ValueError):
@@ -364,7 +388,9 @@ def load(path):
         r.keys("agent", i, a, ("id", "at", "process", "settings"))
         ident = r.value("agent", i, a, "id", str, required=True)
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,58}", ident):
-            r.fail(r.where("agent", i, "id"), "%r: letters, digits, '.', '_', '-', at most 58 characters" % ident)
+            fixed = re.sub(r"[^A-Za-z0-9._-]+", "-", ident).strip("-")[:58] or "edge-a"
+            r.fail(r.where("agent", i, "id"), "%r: letters, digits, '.', '_', '-', at most 58 characters: write "
+                   "e.g. id = \"%s\"" % (ident, fixed))
         if any(x.id == ident for x in agents):
             r.fail(r.where("agent", i, "id"), "%r is used twice: give each agent its own id" % ident)
         settings = r.value("agent", i, a, "settings", dict, default={})
@@ -373,6 +399,11 @@ def load(path):
                 r.fail(r.where("agent", i, "settings"), "%r: settings hold agent.toml sections as tables, e.g. "
                        "settings = { center = { escalation_s = 3 } }; the sections are %s"
                        % (section, ", ".join(AGENT_SECTIONS)))
+            for key in values:
+                if key in RUNNER_SETS.get(section, {}):
+                    what, how = RUNNER_SETS[section][key]
+                    r.fail(r.where("agent", i, "settings"), "[%s] %s: the runner sets it itself (to %s): remove it "
+                           "from settings%s" % (section, key, what, " and " + how if how else ""))
         agents.append(AgentSpec(ident, r.point("agent", i, a, "at", place, required=False) or place.origin,
                                 r.value("agent", i, a, "process", bool, default=False), settings,
                                 r.line_of("agent", i)))
@@ -455,13 +486,25 @@ def _check_settings(r, i, agent, district, fallback):
         try:
             agent_config.validate(sections, r.path)
         except agent_config.ConfigError as err:
-            problem = str(err).split(": ", 1)[-1]
+            problem = _with_fix(str(err).split(": ", 1)[-1])
             named = re.fullmatch(r"\[\w+\] (site|district|fallback): (.*)", problem, re.S)
             if table == "place" and named:  # "[center] fallback: 'jung-gu' is also the district.."
                 r.fail(r.where("place", None, "fallback" if named[1] == "fallback" else "district"), named[2])
             if table == "place":
                 r.fail(r.where("agent", i), problem)
             r.fail(r.where("agent", i, "settings"), problem)
+
+
+def _with_fix(problem):
+    """The agent's config error, with what to write when it names a range but no fix
+    ("[supervision] mains_s: must be at least 10, got 5": write mains_s = 10 or more)."""
+    m = re.match(r"\[\w+\] (\w+): must be (at least|at most|between) (\S+?)(?: and (\S+?))?, got ", problem)
+    if not m:
+        return problem
+    key, how, low, high = m.groups()
+    fix = {"at least": "%s = %s or more" % (key, low), "at most": "%s = %s or less" % (key, low),
+           "between": "%s = %s to %s" % (key, low, high)}[how]
+    return "%s: write %s in settings" % (problem, fix)
 
 
 DOS = ("press", "walk", "ack", "outage")
@@ -486,12 +529,22 @@ def _device(r, table, i, given, devices, roles, required=True, key="device"):
     if name not in devices:
         by_id = [d for d in devices.values() if d.hex_id == name]
         if not by_id:
-            r.fail(r.where(table, i, key), "%r is no device of this scenario%s; they are %s"
-                   % (name, _did_you_mean(name, devices), ", ".join(list(devices)[:12])))
+            known = [n for n, d in devices.items() if not roles or d.role in roles] or list(devices)
+            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.4)
+            if not devices:
+                r.fail(r.where(table, i, key), "%r: the scenario has no device: add [[wearable]], [[bell]] or "
+                       "[[streetlight]] with name = %s and at = { east = .., north = .. }" % (name, _toml_value(str(name))))
+            kinds = " and ".join(x + "s" for x in roles) if len(known) < len(devices) else "devices"
+            more = " (+%d)" % (len(known) - 12) if len(known) > 12 else ""
+            r.fail(r.where(table, i, key), "%r is no device of this scenario%s; the %s are %s%s: write %s = %s" % (
+                name, " (did you mean %s?)" % close[0] if close else "", kinds, ", ".join(known[:12]), more, key,
+                _toml_value(close[0] if close else known[0])))
         name = by_id[0].name
     if roles and devices[name].role not in roles:
-        r.fail(r.where(table, i, key), "%s is a %s; here it must be a %s" % (name, devices[name].role,
-                                                                              " or ".join(roles)))
+        fitting = [n for n, d in devices.items() if d.role in roles]
+        r.fail(r.where(table, i, key), "%s is a %s; here it must be a %s: %s" % (
+            name, devices[name].role, " or ".join(roles), "write %s = %s (one of %s)" % (
+                key, _toml_value(fitting[0]), ", ".join(fitting[:12])) if fitting else "add a [[%s]]" % roles[0]))
     return name
 
 
@@ -561,6 +614,10 @@ def _expect(r, i, x, place, devices, cameras, agent_ids, names):
             ex.devices = [_device(r, "expect", i, x, devices, ("streetlight",))]
         for name in r.value("expect", i, x, "devices", list, default=[]):
             ex.devices.append(_device(r, "expect", i, {"devices": name}, devices, ("streetlight",), key="devices"))
+        if "radius_m" in x and "near" not in x:
+            r.fail(r.where("expect", i, "radius_m"), "radius_m is the radius around near, which is missing: add near = "
+                   "{ east = .., north = .. } (the circle's centre), or remove radius_m and name the lights with "
+                   "device = \"..\" or devices = [..]")
         if "near" in x:
             centre = r.point("expect", i, x, "near", place)
             radius = r.value("expect", i, x, "radius_m", float, required=True, low=0)
