@@ -173,17 +173,36 @@ class Bell(Fixed):
 
 
 class Light(Fixed):
-    """A streetlight: follows light_commands and reports its state, as the firmware does."""
+    """A streetlight: follows light_commands and reports its state, as the firmware does: after
+    every command, and once as it comes up (with its first heartbeat), so the agent and a
+    center's map know every light before anything happens."""
 
     MODES = {"blink": "blink", "brighten": "brighten", "restore": "schedule"}
+    SCHEDULE_PCT = 60
+
+    def __init__(self, spec, key, counters):
+        super().__init__(spec, key, counters)
+        self.last_command = 0
+        self.state_reported = False
+
+    def heartbeat(self):
+        if not self.powered:
+            self.state_reported = False  # it reports again as it boots
+        elif not self.state_reported:
+            self.state_reported = True
+            self._report("schedule", self.SCHEDULE_PCT)
+        super().heartbeat()
 
     def handle(self, frame):
         if frame.kind != "light_command":
             return
         action = frame.fields["action"]
-        level = frame.fields["level_pct"] if action != "restore" else 60
-        self.send("light_state", {"commanded_pct": level, "actual_pct": level, "mode": self.MODES[action],
-                                  "faults": 0, "last_command": frame.counter})
+        self.last_command = frame.counter
+        self._report(self.MODES[action], frame.fields["level_pct"] if action != "restore" else self.SCHEDULE_PCT)
+
+    def _report(self, mode, level):
+        self.send("light_state", {"commanded_pct": level, "actual_pct": level, "mode": mode, "faults": 0,
+                                  "last_command": self.last_command})
 
 
 class Wearable:
