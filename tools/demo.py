@@ -8,8 +8,10 @@ The story is ``simulators/scenarios/demo.toml`` (copy and change it): the scenar
 control-center console runs in this process against the scenario's center broker, its URL
 printed first, so the map shows the story as it happens. At the end each ``[[expect]]``'s
 ``narrate`` line is told with the time the runner measured. Without ``--headless`` and with a
-terminal (stdin and stdout) it waits for Enter before tearing down; exit 0 if every expectation held,
-1 if one did not, 2 if the file is not a valid scenario.
+terminal (stdin and stdout) it waits for Enter (or Ctrl-C) before tearing down, the street's
+bells and lights going on with their heartbeats meanwhile so that the map does not fill with
+devices reported offline; exit 0 if every expectation held, 1 if one did not, 2 if the file is
+not a valid scenario.
 
 The simulators and their test-only dependencies load only when the command runs."""
 
@@ -17,6 +19,8 @@ import errno
 import os
 import re
 import sys
+import threading
+import time
 
 
 def add_parser(subparsers):
@@ -113,10 +117,33 @@ def demo_world(scenario, console, server, wait):
                      if not failed else "The story did not hold: %d of %d steps did not." % (failed,
                                                                                               len(self.s.expects)))
             if wait:
-                try:
-                    input("\nThe map stays at %s: press Enter to end. " % server.url)
-                except EOFError:
-                    pass
+                self._wait_for_enter("\nThe map stays at %s: press Enter to end. " % server.url)
+
+        def _wait_for_enter(self, prompt):
+            from ansim_simulators.world import devices
+
+            done = threading.Event()
+
+            fixed = [device for device in self.devices.values() if isinstance(device, devices.Fixed)]
+
+            def live():
+                due = dict.fromkeys(fixed, 0.0)
+                while not done.wait(1.0):
+                    now = time.monotonic()
+                    for device in fixed:
+                        if due[device] <= now:
+                            device.heartbeat()
+                            due[device] = now + device.spec.heartbeat_s
+
+            heartbeats = threading.Thread(target=live, name="demo-heartbeats", daemon=True)
+            heartbeats.start()
+            try:
+                input(prompt)
+            except (EOFError, KeyboardInterrupt):
+                print()
+            finally:
+                done.set()
+                heartbeats.join()
 
     return DemoWorld(scenario)
 
