@@ -220,6 +220,8 @@ class World:
         self.center = self._center()
         stack.callback(lambda: self.center.stop())
         self._write_site(workdir)
+        self.say("  center broker 127.0.0.1:%d; watch it with: ansim center --port %d --registry %s --http-port 0"
+                 % (self.center_broker.port, self.center_broker.port, workdir / "registry.toml"))
         for a in self.s.agents:
             self._start_agent(a.id)
         stack.callback(self._stop_agents)
