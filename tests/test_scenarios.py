@@ -159,7 +159,7 @@ def test_an_alerts_location_source_and_cameras_are_checked(tmp_path):
 BROKEN = [
     ("[[agent]]\nid = \"a\"\n[[bell]]\nname = \"b\"\n", "[[bell]] #1 at: missing: write at = { east = 0, north = 0 }"),
     ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { east = 1 }\nheartbeat = 3\n",
-     "[[bell]] #1 heartbeat: unknown key (did you mean heartbeat_s?)"),
+     "[[bell]] #1 heartbeat: unknown key (did you mean heartbeat_s?): rename it"),
     ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"pres\"\ndevice = \"00020001\"\n",
      "[[event]] #1 do: 'pres' is not one of press, walk, ack, outage (did you mean press?)"),
     ("[[agent]]\nid = \"a\"\n[[bell]]\nat = { east = 1 }\n[[event]]\nat_s = 1\ndo = \"press\"\ndevice = \"bel\"\n",

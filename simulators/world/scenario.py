@@ -214,8 +214,9 @@ class _Reader:
             self.fail(self.where(table, index), "must be a table of key = value lines")
         for key in given:
             if key not in allowed:
-                self.fail(self.where(table, index, key), "unknown key%s; the keys here are %s"
-                          % (_did_you_mean(key, allowed), ", ".join(allowed)))
+                self.fail(self.where(table, index, key), "unknown key%s: %s; the keys here are %s"
+                          % (_did_you_mean(key, allowed), "rename it" if _did_you_mean(key, allowed) else "remove it",
+                             ", ".join(allowed)))
 
     def keys_for(self, table, index, given, selector, chosen, common, by_choice):
         """Each key of ``given`` is one the ``selector`` value ``chosen`` takes (``common`` or
