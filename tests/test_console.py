@@ -8,7 +8,9 @@ drawn in NanumGothic, walk-home from the page to the streetlights."""
 
 import json
 import os
+import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -24,12 +26,12 @@ from ansim_protocol import frames, topics
 from ansim_protocol.crypto import DeviceKeys
 from ansim_simulators.fixtures import waits
 from ansim_simulators.fixtures.broker import MosquittoBroker
-from ansim_simulators.center.control_center import center_acl
+from ansim_simulators.center.control_center import ControlCenter, center_acl
 from ansim_simulators.world.street import Street
 from ansim_tools.console import site as site_module
 from ansim_tools.console.broker import CenterLink
-from ansim_tools.console.cli import describe
-from ansim_tools.console.model import Console
+from ansim_tools.console.cli import Lines, describe
+from ansim_tools.console.model import BY_OTHER, Console
 from ansim_tools.console.web import ConsoleServer
 
 WAIT_S = 10
@@ -94,8 +96,8 @@ def test_states_move_forward_only_and_escalation_shows_until_acted_on():
     assert seen == [("received", "acknowledged"), ("dispatched", "dispatched"), ("resolved", "resolved")]
     console.ack_sent("00020001-1", "received", "edge-b")  # a late agent gets an older status: no step back
     assert state() == "resolved"
-    console.ack_result("00020001-1", "received", "edge-b", "delivered")
-    assert console.alerts["00020001-1"]["acks"][-1]["result"] == "delivered"
+    console.ack_result("00020001-1", "received", "edge-b", "sent (broker took it)")
+    assert console.alerts["00020001-1"]["acks"][-1]["result"] == "sent (broker took it)"
     console.handle(alerts_topic("00010001"), alert("00010001-4", kind="test_sos"))
     assert console.status_for("00010001-4", "ack") == "test-ok"
     with pytest.raises(KeyError):
@@ -309,7 +311,7 @@ def test_an_ack_goes_to_every_agent_that_reported_the_alert_and_to_late_ones(bro
     late = acks.next_message(WAIT_S)
     assert late.topic == "ansim/center/v1/agents/edge-c/ack"
     assert json.loads(late.payload) == {"alert_id": "00020001-1", "status": "received"}
-    waits.until(lambda: [a["result"] for a in console.alerts["00020001-1"]["acks"]] == ["delivered"] * 3,
+    waits.until(lambda: [a["result"] for a in console.alerts["00020001-1"]["acks"]] == ["sent (broker took it)"] * 3,
                 WAIT_S, "three PUBACKed acks")
     agents.publish(alerts_topic(), b"garbage")
     waits.until(lambda: console.malformed["alerts"] == 1, WAIT_S, "the garbage counted")
@@ -408,7 +410,7 @@ def test_a_bell_press_on_the_map_within_a_second_and_the_operator_acks_to_the_be
         ack = frames.unpack(bell_view.next_message(WAIT_S).payload, DeviceKeys(bell.key))
         assert ack.kind == "center_ack" and ack.fields == {"acked_counter": 1, "status": "received"}
         expect(marker).to_have_attribute("data-state", "acknowledged")
-        expect(item.locator(".acks")).to_contain_text("delivered")
+        expect(item.locator(".acks")).to_contain_text("sent (broker took it)")
         for button, status in ((".btn-dispatch", "dispatched"), (".btn-resolve", "resolved")):
             item.locator(button).click()
             relayed = frames.unpack(bell_view.next_message(WAIT_S).payload, DeviceKeys(bell.key))
@@ -511,6 +513,10 @@ def test_settings_that_cannot_work_are_one_line_and_status_2(tmp_path, pki, caps
     cases = [
         (["--host", "192.0.2.1"], "plain MQTT toward 192.0.2.1"),
         (["--tls", "--cafile", str(tls.cafile), "--certfile", str(tls.certfile)], "--tls needs --keyfile"),
+        (["--tls"], "--tls needs --cafile, --certfile and --keyfile"),
+        (["--tls", "--certfile", str(tls.certfile)], "--tls needs --cafile and --keyfile"),
+        (["--port", "99999"], "--port 99999: a port is 1 to 65535"),
+        (["--port", "-1"], "--port -1: a port is 1 to 65535"),
         (["--tls", "--cafile", str(tls.cafile), "--certfile", str(tls.certfile), "--keyfile", str(garbage)],
          "TLS files"),
         (["--tls", "--cafile", str(tmp_path / "none.crt"), "--certfile", str(tls.certfile), "--keyfile",
@@ -539,7 +545,8 @@ def test_terminal_commands_do_what_the_buttons_do():
     assert command(link, console, "walk update w1 37.5663,126.9789").startswith("refused: no active walk-home session")
     assert command(link, console, "walk start w2 edge-a 37.5663,126.9779").startswith("refused: route must be")
     assert command(link, console, "alerts").startswith("ALERT 00020001-1")
-    assert command(link, console, "help").startswith("commands:")
+    assert command(link, console, "help").startswith("commands:") and "\n  quit " in command(link, console, "help")
+    assert command(link, console, "fly away").startswith("unknown command fly\ncommands:")
     assert command(link, console, "") is None
 
 
@@ -573,3 +580,132 @@ def test_ansim_center_over_tls_prints_the_url_and_one_line_per_alert(tmp_path, p
         finally:
             proc.terminate()
             proc.wait(WAIT_S)
+
+
+# -- what other center clients do, and the terminal -------------------------------------------------------
+
+def ack(agent, alert_id="00020001-1", status="received"):
+    return "ansim/center/v1/agents/%s/ack" % agent, json.dumps({"alert_id": alert_id, "status": status}).encode()
+
+
+def test_acks_and_walks_another_center_client_sent_show_as_the_operators_own():
+    console = Console()
+    console.handle(*ack("edge-a", "00020001-2"))  # before its alert (a persistent session's backlog)
+    console.handle(alerts_topic(), alert(agent="edge-a"))
+    console.handle(alerts_topic(), alert("00020001-2", agent="edge-a"))
+    console.handle(*ack("edge-a", status="dispatched"))
+    console.handle(*ack("edge-a", status="received"))  # late: the state never goes back
+    alerts = {a["alert_id"]: a for a in console.snapshot()["alerts"]}
+    assert alerts["00020001-1"]["state"] == "dispatched" and alerts["00020001-2"]["state"] == "acknowledged"
+    assert [(k["status"], k["result"]) for k in alerts["00020001-1"]["acks"]] == [("dispatched", BY_OTHER),
+                                                                                ("received", BY_OTHER)]
+    console.handle(*ack("edge-a", status="maybe"))
+    console.handle("ansim/center/v1/agents/edge-a/monitor", b'{"session": "w1", "action": "update", "position": [37.5, 127]}')
+    assert console.malformed["ack"] == 1 and console.walks == {}  # an update of a walk never seen: ignored
+    route = [[37.5663, 126.9779], [37.5663, 126.9799]]
+    console.handle("ansim/center/v1/agents/edge-a/monitor", json.dumps({"session": "w1", "action": "start",
+                                                                        "route": route}).encode())
+    console.handle("ansim/center/v1/agents/edge-a/monitor", b'{"session": "w1", "action": "arrived"}')
+    assert console.walks["w1"]["agent"] == "edge-a" and console.walks["w1"]["state"] == "arrived"
+    console.handle("ansim/center/v1/agents/edge-a/monitor", b'{"session": "w1", "action": "update"}')
+    assert console.malformed["monitor"] == 1
+
+
+def test_the_terminal_says_one_line_per_change():
+    console, lines, said = Console(), Lines(), []
+    console.listen(lambda e: said.extend(lines.lines(e)))
+    console.handle(alerts_topic(), alert(agent="edge-a", kind="test_sos", source="gnss"))
+    console.handle(*heard("00020001-1", "edge-b", 37.5663, 126.9785, -80))  # changes nothing the line says
+    console.ack_sent("00020001-1", "test-ok", "edge-a")
+    console.ack_result("00020001-1", "test-ok", "edge-a", "sent (broker took it)")
+    console.handle(*ack("edge-a", status="resolved"))
+    assert said[0].startswith("ALERT 00020001-1 test_sos") and said[0].endswith("[new]"), said
+    assert said[1:] == ["ALERT 00020001-1 now acknowledged", "ACK test-ok of 00020001-1 to edge-a: sent (broker took it)",
+                        "ALERT 00020001-1 now resolved", "ACK resolved of 00020001-1 to edge-a: %s" % BY_OTHER], said
+
+
+def test_every_console_follows_the_acks_of_the_others_and_of_the_simulated_center(tmp_path, pki, mqtt_client,
+                                                                                    console_on):
+    """On a broker with the center's ACL (CENTER_API.md): consoles and the simulated center share one identity."""
+    with MosquittoBroker(workdir=tmp_path / "center", tls=pki.server, acl=center_acl("center-jung-gu")) as center:
+        tls = pki.client("center-jung-gu")
+        files = (tls.cafile, tls.certfile, tls.keyfile)
+        (one, link_one, _), (two, _, _) = console_on(center, tls=files), console_on(center, tls=files)
+        agent = mqtt_client(center, tls=pki.client("edge-a"))
+        agent.subscribe("ansim/center/v1/agents/edge-a/ack")
+        assert not agent.publish(alerts_topic(), alert(agent="edge-a")).is_failure
+        waits.until(lambda: "00020001-1" in one.alerts and "00020001-1" in two.alerts, WAIT_S, "both consoles")
+        link_one.act("00020001-1", "dispatch")
+        waits.until(lambda: two.snapshot()["alerts"][0]["state"] == "dispatched", WAIT_S, "the other console")
+        assert [k["result"] for k in two.alerts["00020001-1"]["acks"]] == [BY_OTHER]
+        waits.until(lambda: [k["result"] for k in one.alerts["00020001-1"]["acks"]] == ["sent (broker took it)"],
+                    WAIT_S, "its own ack, once (noLocal)")
+        with ControlCenter("127.0.0.1", center.port, tls=tls, auto_ack="received", client_id="sim-center"):
+            assert not agent.publish(alerts_topic(), alert("00020001-2", agent="edge-a")).is_failure
+            for console in (one, two):
+                waits.until(lambda: console.alerts.get("00020001-2", {}).get("status") == "received", WAIT_S,
+                            "the simulated center's auto-ack")
+        time.sleep(0.3)
+        assert len(one.alerts["00020001-1"]["acks"]) == 1
+        other = mqtt_client(center, tls=pki.client("edge-b"))  # agents still read only their own acks
+        other.subscribe("ansim/center/v1/agents/edge-a/ack")
+        while True:  # what edge-a got so far
+            try:
+                agent.next_message(0.5)
+            except TimeoutError:
+                break
+        link_one.act("00020001-1", "resolve")
+        assert json.loads(agent.next_message(WAIT_S).payload)["status"] == "resolved"
+        with pytest.raises(TimeoutError):
+            other.next_message(0.5)
+
+
+def _console(broker, *extra, **popen):
+    cmd = [sys.executable, "-m", "ansim_tools.cli", "center", "--port", str(broker.port), "--http-port", "0",
+           "--headless", *extra]
+    popen.setdefault("stdin", subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    lines = iter(proc.stdout.readline, "")
+    assert "console: http://" in next(lines)
+    assert "connected to the center's broker" in next(lines)
+    return proc, lines
+
+
+def test_ctrl_c_quit_and_a_terminals_ctrl_d_stop_the_console_and_the_end_of_other_input_does_not(broker):
+    # Ctrl-C, even when started with SIGINT ignored (a background job of a shell without job control).
+    proc, lines = _console(broker, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(WAIT_S) == 0
+    assert [line.split(" ", 1)[1] for line in lines] == ["console stopped\n"]  # no "lost the broker"
+    proc, lines = _console(broker, "--http-host", "0.0.0.0")
+    proc.stdin.write("quit\n")
+    proc.stdin.close()
+    assert proc.wait(WAIT_S) == 0
+    assert "warning: the page on http://0.0.0.0:" in proc.stderr.read()
+    proc, lines = _console(broker)  # stdin a pipe that ends (systemd, < /dev/null): it goes on
+    proc.stdin.close()
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(1.5)
+    proc.terminate()
+    assert proc.wait(WAIT_S) == 0
+    controller, terminal = pty.openpty()  # a terminal's Ctrl-D
+    proc, lines = _console(broker, stdin=terminal)
+    os.close(terminal)
+    os.write(controller, b"\x04")
+    try:
+        assert proc.wait(WAIT_S) == 0
+    finally:
+        os.close(controller)
+
+
+def test_an_unreachable_broker_is_said_at_every_attempt_with_paho_s_reason():
+    from ansim_simulators.fixtures.broker import free_port
+    said = []
+    link = CenterLink(Console(), "127.0.0.1", free_port(), on_event=said.append)
+    link.start()
+    try:
+        waits.until(lambda: len(said) >= 2, WAIT_S, "two attempts")
+    finally:
+        link.stop()
+    assert "(attempt 1: Connection refused)" in said[0] and "(attempt 2: " in said[1], said
+    assert "TLS" not in said[0]

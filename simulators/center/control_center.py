@@ -62,11 +62,14 @@ AGENT_ACL: tuple[str, ...] = (
 
 def center_acl(center_cn: str) -> list[str]:
     """:data:`AGENT_ACL` plus what the center's own identity ``center_cn`` needs: read every
-    alert and certificate, write acknowledgements and walk-home monitoring requests."""
+    alert and certificate, write acknowledgements and walk-home monitoring requests, and read
+    those too (every center client, e.g. each operator's console, follows what the others sent;
+    an agent still reads only its own)."""
     return [*AGENT_ACL, "user %s" % center_cn,
             "topic read %s" % ALERTS_FILTER, "topic read %s" % STATE_FILTER, "topic read %s+/lights/#" % ROOT,
             "topic read %s+/heard/#" % ROOT,
-            "topic write %sagents/+/ack" % ROOT, "topic write %sagents/+/monitor" % ROOT]
+            "topic write %sagents/+/ack" % ROOT, "topic write %sagents/+/monitor" % ROOT,
+            "topic read %sagents/+/ack" % ROOT, "topic read %sagents/+/monitor" % ROOT]
 
 
 def ack_topic(agent_id: str) -> str:

@@ -4,10 +4,13 @@ It subscribes to every center's alerts, the agents' certificates, the streetligh
 the agents' reception reports, and hands each message to the :class:`~.model.Console`. The operator's actions go out
 as CENTER_API.md says: an ack to *every* agent that reported the alert (those left out would
 escalate it), and an agent that reports an alert after the operator acted on it gets the
-latest status too; monitoring requests to the one agent that runs the walk.
+latest status too; monitoring requests to the one agent that runs the walk. It also follows the
+acks and monitoring requests other center clients send (subscribed with ``noLocal``: its own
+are not echoed back), so every console shows every operator's actions.
 
 An unreachable broker is not fatal: paho retries (0.5 s doubling to 30 s) and the console
-says so on the terminal and the page. Bad TLS files are (:class:`ConsoleError`, at start).
+says so, once per attempt with paho's reason, on the terminal and the page. Bad TLS files are
+(:class:`ConsoleError`, at start).
 """
 
 from __future__ import annotations
@@ -16,17 +19,23 @@ import json
 import logging
 import os
 import ssl
+import sys
 import threading
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .model import ALERTS_FILTER, HEARD_FILTER, LIGHTS_FILTER, ROOT, STATE_FILTER, Console
+from .model import ACK_FILTER, ALERTS_FILTER, HEARD_FILTER, LIGHTS_FILTER, MONITOR_FILTER, ROOT, STATE_FILTER, Console
 
 log = logging.getLogger("ansim.console.broker")
 
-FILTERS = (ALERTS_FILTER, STATE_FILTER, LIGHTS_FILTER, HEARD_FILTER)
+# The acks and walk-home requests every center client (another console, the simulated center)
+# sends to the agents, so that every console shows what any of them did; ``noLocal``: not our own.
+FILTERS = (ALERTS_FILTER, STATE_FILTER, LIGHTS_FILTER, HEARD_FILTER, ACK_FILTER, MONITOR_FILTER)
+NO_LOCAL = (ACK_FILTER, MONITOR_FILTER)
+SENT = "sent (broker took it)"  # a PUBACK: the broker holds the ack, not that the agent got it
 SESSION_EXPIRY_S = 24 * 3600  # alerts that arrive while the console restarts wait at the broker
 
 
@@ -66,6 +75,8 @@ class CenterLink:
         self._pending: dict[int, tuple[str, str, str]] = {}  # mid -> (alert_id, status, agent)
         self._early: dict[int, str] = {}                      # PUBACKs that came before publish() returned
         self._failures = 0
+        self._stopping = False
+        self.tls = tls is not None
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if tls is not None:
             cafile, certfile, keyfile = tls
@@ -96,6 +107,7 @@ class CenterLink:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -108,7 +120,7 @@ class CenterLink:
                           "for it: CENTER_API.md)" % (self.host, self.port, reason))
             return
         self._failures = 0
-        client.subscribe(list(zip(FILTERS, (1,) * len(FILTERS))))
+        client.subscribe([(topic, SubscribeOptions(qos=1, noLocal=topic in NO_LOCAL)) for topic in FILTERS])
         self.console.set_connection("connected", "%s:%d" % (self.host, self.port))
         self.on_event("connected to the center's broker %s:%d" % (self.host, self.port))
 
@@ -119,14 +131,22 @@ class CenterLink:
                               "lines are in CENTER_API.md)" % (topic, reason))
 
     def _on_connect_fail(self, _client, _userdata):
+        """One line per attempt (paho waits 0.5 s doubling to 30 s between them), with the
+        reason: paho calls this inside its ``except OSError``, so the error is at hand."""
         self._failures += 1
-        self.console.set_connection("unreachable", "%s:%d, attempt %d" % (self.host, self.port, self._failures))
-        if self._failures in (1, 10) or self._failures % 100 == 0:
-            self.on_event("cannot reach the center's broker %s:%d (attempt %d): still trying; check its "
-                          "address, port, that it runs, and the TLS files" % (self.host, self.port, self._failures))
+        err = sys.exc_info()[1]
+        reason = (err.strerror or str(err)) if isinstance(err, OSError) else "no answer"
+        self.console.set_connection("unreachable", "%s:%d, attempt %d: %s" % (self.host, self.port, self._failures,
+                                                                              reason))
+        if not self._stopping:
+            self.on_event("cannot reach the center's broker %s:%d (attempt %d: %s): still trying; check its "
+                          "address, port, that it runs%s" % (self.host, self.port, self._failures, reason,
+                                                             ", and the TLS files" if self.tls else ""))
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _props):
-        if self.console.connection["state"] == "connected":
+        if self._stopping:
+            self.console.set_connection("stopped", "")
+        elif self.console.connection["state"] == "connected":
             self.console.set_connection("disconnected", str(reason))
             self.on_event("lost the center's broker (%s): reconnecting" % reason)
 
@@ -138,7 +158,7 @@ class CenterLink:
                 self._ack(alert["alert_id"], alert["status"], result["new_agent"])
 
     def _on_publish(self, _client, _userdata, mid, reason, _props):
-        result = "refused: %s" % reason if reason.is_failure else "delivered"
+        result = "refused: %s" % reason if reason.is_failure else SENT
         with self._lock:
             pending = self._pending.pop(mid, None)
             if pending is None:

@@ -3,10 +3,16 @@
     ansim center --host center.example --port 8883 --tls --cafile ca.crt --certfile center.crt \\
         --keyfile center.key --registry site/registry.toml [--http-port 8080] [--headless]
 
-Prints the page's URL, then one line per change (alert, ack, agent, light, offline device,
-walk). Commands typed on the terminal do what the page's buttons do (``help`` lists them). Exit status 2 for a setting that cannot work (plain MQTT toward another machine without
---allow-plaintext, bad TLS files, a bad registry, the HTTP port in use); an unreachable broker is
-retried, and said so, until Ctrl-C.
+Prints the page's URL, then one line per change (alert, its state, an ack's result, agent,
+light, offline device, walk). Commands typed on the terminal do what the page's buttons do
+(``help`` lists them). Exit status 2 for a setting that cannot work (a port outside 1-65535,
+plain MQTT toward another machine without --allow-plaintext, missing or bad TLS files, a bad
+registry, the HTTP port in use); an unreachable broker is retried, one line per attempt, until
+the console is stopped.
+
+Stopping (exit 0): Ctrl-C (SIGINT), SIGTERM, ``quit`` typed on its input, or Ctrl-D when that
+input is a terminal. End of a non-terminal input (systemd, ``< /dev/null``, a closed pipe) only
+ends the commands: the console and its page go on.
 """
 
 import errno
@@ -37,12 +43,23 @@ def add_parser(subparsers):
     p.set_defaults(run=run)
 
 
+_OUT = threading.Lock()
+
+
+def write(text):
+    """Whole lines, one writer at a time: paho's, the page's and the input's threads all print."""
+    with _OUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 def say(text):
-    print("%s %s" % (time.strftime("%H:%M:%S"), text), flush=True)
+    write("%s %s" % (time.strftime("%H:%M:%S"), text))
 
 
-def describe(event):
-    """One terminal line for a model event, or None for those not worth a line."""
+def describe(event, acks=True):
+    """One terminal line for a model event, or None for those not worth a line (``acks``: an
+    alert's line ends with its latest ack)."""
     kind, d = event["kind"], event["data"]
     if kind == "alert":
         loc = d["estimate"] or d["location"]
@@ -52,7 +69,7 @@ def describe(event):
                  if loc else "no location")
         cams = ",".join(c["id"] for c in d["cameras"][:3]) or "-"
         last = d["acks"][-1] if d["acks"] else None
-        acked = " ack %s->%s %s" % (last["status"], last["agent"], last["result"]) if last else ""
+        acked = " ack %s->%s %s" % (last["status"], last["agent"], last["result"]) if last and acks else ""
         return "ALERT %s %s %s %s at %s cameras %s via %s [%s]%s" % (
             d["alert_id"], d["type"], d["device"]["id"], d["device"]["name"], where, cams,
             ",".join(d["agents"]), d["state"], acked)
@@ -72,11 +89,46 @@ def describe(event):
     return None
 
 
+class Lines:
+    """The terminal's lines for model events: one per change. An alert's full line when it
+    arrives or what it says changes, ``ALERT id now <state>`` when only its state moved, and
+    one ``ACK`` line per ack once the broker answered it (or another center client sent it)."""
+
+    def __init__(self):
+        self._alerts = {}  # alert id -> (its last full line, {ack index: result printed})
+
+    def lines(self, event):
+        if event["kind"] == "forget":
+            self._alerts.pop(event["data"]["alert_id"], None)
+            return []
+        if event["kind"] != "alert":
+            line = describe(event)
+            return [line] if line else []
+        d = event["data"]
+        full = describe(event, acks=False)
+        last, printed = self._alerts.get(d["alert_id"], (None, {}))
+        out = []
+        if last is None:
+            out.append(full)
+        elif full != last:
+            before, after = last.rsplit(" [", 1)[0], full.rsplit(" [", 1)[0]
+            out.append("ALERT %s now %s" % (d["alert_id"], d["state"]) if before == after else full)
+        for i, ack in enumerate(d["acks"]):
+            if ack["result"] != "sent" and printed.get(i) != ack["result"]:
+                printed[i] = ack["result"]
+                out.append("ACK %s of %s to %s: %s" % (ack["status"], d["alert_id"], ack["agent"], ack["result"]))
+        self._alerts[d["alert_id"]] = (full, printed)
+        return out
+
+
 COMMANDS = """commands:
   ack ID | dispatch ID | resolve ID          acknowledge, dispatch, resolve alert ID (to every agent that reported it)
   walk start SESSION AGENT LAT,LON LAT,LON...   start walk-home monitoring along the route
   walk update SESSION LAT,LON | walk stop SESSION | walk arrived SESSION
-  alerts                                     the open alerts"""
+  alerts                                     the open alerts
+  help                                       this list
+  quit                                       stop the console (so do Ctrl-C and, on a terminal, Ctrl-D)"""
+QUIT = ("quit", "exit")
 
 
 def command(link, console, line):
@@ -105,14 +157,25 @@ def command(link, console, line):
         return "unknown alert or session %s" % err
     except ValueError as err:
         return "refused: %s" % err
-    return COMMANDS
+    if words in (["help"], ["?"]):
+        return COMMANDS
+    if words[0] in ("ack", "dispatch", "resolve", "walk"):
+        return "%s: wrong arguments\n%s" % (" ".join(words), COMMANDS)
+    return "unknown command %s\n%s" % (words[0], COMMANDS)
 
 
-def _read_commands(link, console):
-    for line in sys.stdin:  # ends at EOF (no terminal): the page still works
+def read_commands(link, console, stop, stdin):
+    """The terminal's commands until ``quit`` (stops the console), or end of input: Ctrl-D on a
+    terminal stops it too; the end of anything else (/dev/null, a pipe) leaves it running."""
+    for line in stdin:
+        if line.strip() in QUIT:
+            stop.set()
+            return
         answer = command(link, console, line)
         if answer:
-            print(answer, flush=True)
+            write(answer)
+    if stdin.isatty():
+        stop.set()
 
 
 def run(args):
@@ -128,6 +191,15 @@ def run(args):
         return 2
 
     port = args.port or (8883 if args.tls else 1883)
+    if not 1 <= port <= 65535:
+        return fail("--port %d: a port is 1 to 65535 (the center's broker: 8883 with TLS, 1883 plain)" % port)
+    if not 0 <= args.http_port <= 65535:
+        return fail("--http-port %d: a port is 1 to 65535 (0: any free one)" % args.http_port)
+    missing = [name for name, value in (("--cafile", args.cafile), ("--certfile", args.certfile),
+                                        ("--keyfile", args.keyfile)) if not value]
+    if args.tls and missing:
+        return fail("--tls needs %s" % (" and ".join(missing) if len(missing) < 3
+                                        else "--cafile, --certfile and --keyfile"))
     if not args.tls and not args.allow_plaintext and not is_loopback(args.host):
         return fail("plain MQTT toward %s, which is not this machine, would send alerts unencrypted: use --tls "
                     "with --cafile, --certfile and --keyfile, or --allow-plaintext on a lab network" % args.host)
@@ -151,14 +223,23 @@ def run(args):
             return fail("%s:%d is in use (another console?): pick another --http-port, or 0 for any free one"
                         % (args.http_host, args.http_port))
         return fail("cannot serve the page on %s:%d: %s" % (args.http_host, args.http_port, err.strerror or err))
-    console.listen(lambda event: (line := describe(event)) and say(line))
+    if not server.loopback:
+        print("ansim center: warning: the page on %s has no login: anyone who can reach it can acknowledge, "
+              "dispatch and resolve alerts and start walks; keep --http-host 127.0.0.1 unless that network is "
+              "the operators' only" % server.url, file=sys.stderr, flush=True)
+    lines = Lines()
+    console.listen(lambda event: [say(line) for line in lines.lines(event)])
     stop = threading.Event()
+    # Set explicitly: a shell without job control starts background commands with SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt, so Ctrl-C did nothing.
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server.serve_in_thread()
-    link.start()
-    threading.Thread(target=_read_commands, args=(link, console), name="console-commands", daemon=True).start()
     say("console: %s (center broker %s:%d%s%s)" % (server.url, args.host, port, ", TLS" if args.tls else ", plain",
                                                    ", registry %s" % args.registry if args.registry else ""))
+    server.serve_in_thread()
+    link.start()
+    threading.Thread(target=read_commands, args=(link, console, stop, sys.stdin), name="console-commands",
+                     daemon=True).start()
     if not args.headless and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         import webbrowser
         webbrowser.open(server.url)

@@ -14,6 +14,9 @@ web page and the terminal read it.
 - Offline devices from ``device_offline`` / ``device_online`` alerts.
 - Streetlights from the retained ``ansim/center/v1/{district}/lights/{device}`` states.
 - Walk-home sessions the operator started.
+- What the other center clients (another console, the simulated center) send the agents: their
+  acks (``agents/+/ack``) move an alert's state as the operator's own do, their monitoring
+  requests (``agents/+/monitor``) start, move and end walks, so every console shows every action.
 
 Every message comes from the network: anything malformed is counted per channel and ignored
 (:meth:`Console.handle` never raises). Each change is published as an event
@@ -41,7 +44,10 @@ ALERTS_FILTER = ROOT + "+/alerts/#"
 STATE_FILTER = ROOT + "agents/+/state"
 LIGHTS_FILTER = ROOT + "+/lights/+"
 HEARD_FILTER = ROOT + "+/heard/+"
-EARLY_HEARD = 1000  # reception reports kept for alerts not (yet) seen
+ACK_FILTER = ROOT + "agents/+/ack"
+MONITOR_FILTER = ROOT + "agents/+/monitor"
+EARLY_HEARD = 1000  # reception reports (and others' acks) kept for alerts not (yet) seen
+BY_OTHER = "sent by another center client"  # an ack result: seen on the broker, not sent by this console
 MAX_ALERTS = 2000   # then the oldest resolved alerts (else the oldest) are forgotten
 
 DEVICE_ID = DEVICE_HEX
@@ -121,6 +127,7 @@ class Console:
         self.site: dict | None = None         # the registry's static layer (see .site)
         self.malformed: Counter[str] = Counter()
         self._early_heard: OrderedDict[str, dict] = OrderedDict()  # alert id -> {agent: report}
+        self._early_acks: OrderedDict[str, list] = OrderedDict()   # alert id -> [(status, agent)] by others
         self.connection = {"state": "starting", "detail": ""}
         self._seq = 0
         self._listeners: list[Callable[[dict], None]] = []
@@ -167,7 +174,7 @@ class Console:
     def handle(self, topic: str, payload: bytes) -> dict | None:
         """One message from the center's broker. Returns what it changed (``{"alert": view,
         "new_agent": id or None}`` for alerts) or None; malformed messages are counted under
-        their channel (``alerts``, ``state``, ``lights``, ``topic``) and ignored."""
+        their channel (``alerts``, ``state``, ``lights``, ``heard``, ``ack``, ``monitor``, ``topic``) and ignored."""
         parts = topic[len(ROOT):].split("/") if topic.startswith(ROOT) else []
         channel = "topic"
         try:
@@ -183,6 +190,12 @@ class Console:
             if len(parts) == 3 and parts[1] == "heard":
                 channel = "heard"
                 return self._heard(parts[2], _object(payload))
+            if len(parts) == 3 and parts[0] == "agents" and parts[2] == "ack":
+                channel = "ack"
+                return self._ack_seen(parts[1], _object(payload))
+            if len(parts) == 3 and parts[0] == "agents" and parts[2] == "monitor":
+                channel = "monitor"
+                return self._monitor_seen(parts[1], payload)
             raise Malformed("not a console topic")
         except Exception as err:  # noqa: BLE001 - whatever a message does, the console goes on
             with self._lock:
@@ -226,6 +239,8 @@ class Console:
                     "first_seen": now, "status": None, "escalated": False, "escalated_from": None,
                     "reports": {}, "heard": self._early_heard.pop(alert_id, {}), "estimate": None,
                     "acks": [], "copies": 0}
+                for status, ack_agent in self._early_acks.pop(alert_id, []):
+                    self._record_ack(alert, status, ack_agent, BY_OTHER)
                 self._forget_old()
             alert["copies"] += 1
             changed = new
@@ -386,15 +401,63 @@ class Console:
             alert = self.alerts.get(alert_id)
             if alert is None:
                 return None
-            alert["acks"].append({"status": status, "agent": agent_id, "at": self.clock(), "result": "sent"})
-            if alert["status"] is None or STATES.index(STATUS_STATE[status]) >= STATES.index(STATUS_STATE[alert["status"]]):
-                alert["status"] = status
+            self._record_ack(alert, status, agent_id, "sent")
             view = self._alert_view(alert)
             self._emit("alert", view)
             return view
 
+    def _record_ack(self, alert, status, agent_id, result):
+        alert["acks"].append({"status": status, "agent": agent_id, "at": self.clock(), "result": result})
+        if alert["status"] is None or STATES.index(STATUS_STATE[status]) >= STATES.index(STATUS_STATE[alert["status"]]):
+            alert["status"] = status
+
+    def _ack_seen(self, agent_id: str, body: dict) -> dict | None:
+        """An ack another center client sent to ``agent_id`` (CENTER_API.md's ``{"alert_id",
+        "status"}``): applied as the operator's own, its result :data:`BY_OTHER`. One for an
+        alert not seen yet waits (a while) for it."""
+        alert_id, status = body.get("alert_id"), body.get("status")
+        if not AGENT_ID.match(agent_id):
+            raise Malformed("agent id %r in the topic" % agent_id)
+        if not isinstance(alert_id, str) or not ALERT_ID.match(alert_id):
+            raise Malformed("alert_id must be <8 hex digits>-<counter>, got %r" % (alert_id,))
+        if status not in STATUS_STATE:
+            raise Malformed("status must be one of %s" % ", ".join(STATUS_STATE))
+        with self._lock:
+            alert = self.alerts.get(alert_id)
+            if alert is None:
+                self._early_acks.setdefault(alert_id, []).append((status, agent_id))
+                self._early_acks.move_to_end(alert_id)
+                while len(self._early_acks) > EARLY_HEARD:
+                    self._early_acks.popitem(last=False)
+                return None
+            self._record_ack(alert, status, agent_id, BY_OTHER)
+            view = self._alert_view(alert)
+            self._emit("alert", view)
+            return {"alert": view, "new": False, "new_agent": None}
+
+    def _monitor_seen(self, agent_id: str, payload: bytes) -> dict | None:
+        """A walk-home request another center client sent to ``agent_id``, checked as the agent
+        checks it; an update or end of a walk this console never saw start is ignored."""
+        if not AGENT_ID.match(agent_id):
+            raise Malformed("agent id %r in the topic" % agent_id)
+        try:
+            checked = parse_monitor(payload)
+        except Refused as err:
+            raise Malformed(str(err)) from None
+        request = {"session": checked["session"], "action": checked["action"]}
+        if checked["route"] is not None:
+            request["route"] = [list(p) for p in checked["route"]]
+        if checked["position"] is not None:
+            request["position"] = list(checked["position"])
+        if request["action"] == "update" and "position" not in request:
+            raise Malformed("an update needs the walker's position")
+        with self._lock:
+            if request["action"] != "start" and request["session"] not in self.walks:
+                return None
+            return self.walk(agent_id, request)
+
     def ack_result(self, alert_id: str, status: str, agent_id: str, result: str) -> None:
-        """The broker answered the ack (``delivered`` or a refusal)."""
+        """The broker answered the ack (``sent (broker took it)``: a PUBACK, the agent may be offline; or a refusal)."""
         with self._lock:
             alert = self.alerts.get(alert_id)
             if alert is None:

@@ -17,7 +17,7 @@ const STATE_LABELS = {
 };
 const CONNECTION_LABELS = {
   starting: "시작 중", connecting: "연결 중", connected: "연결됨", unreachable: "브로커 연결 불가",
-  refused: "브로커 거부", disconnected: "연결 끊김",
+  refused: "브로커 거부", disconnected: "연결 끊김", stopped: "콘솔 종료",
 };
 
 let state = { seq: 0, alerts: [], agents: [], offline: [], lights: [], walks: [], site: null, malformed: {}, connection: {} };
