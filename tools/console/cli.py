@@ -131,14 +131,17 @@ COMMANDS = """commands:
 QUIT = ("quit", "exit")
 
 
-def command(link, console, line):
-    """One terminal command; returns the line to print."""
+def command(link, console, line, echo=True):
+    """One terminal command; returns the line to print (``echo=False``: none for an ack that went
+    out, whose state change and per-agent ``ACK`` lines the model's events print)."""
     words = line.split()
     if not words:
         return None
     try:
         if words[0] in ("ack", "dispatch", "resolve") and len(words) == 2:
             sent = link.act(words[1], words[0])
+            if sent["agents"] and not echo:
+                return None
             return "sent %s of %s to %s" % (sent["status"], sent["alert_id"], ", ".join(sent["agents"]) or "no agent")
         if words[0] == "walk" and len(words) >= 3:
             action, session = words[1], words[2]
@@ -171,7 +174,7 @@ def read_commands(link, console, stop, stdin):
         if line.strip() in QUIT:
             stop.set()
             return
-        answer = command(link, console, line)
+        answer = command(link, console, line, echo=False)
         if answer:
             write(answer)
     if stdin.isatty():
