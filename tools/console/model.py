@@ -5,15 +5,16 @@ web page and the terminal read it.
 - Alerts are merged by ``alert_id``: the same event reported by several agents (or resent
   after a crash, or escalated to the fallback center) is one alert, which keeps every agent
   that reported it with that agent's path (rssi) and location. Its state: ``new``, then
-  ``acknowledged`` / ``dispatched`` / ``resolved`` as the operator sends those acks (a state
-  never goes back); ``escalated`` while a new alert's escalated copy has been seen.
+  ``acknowledged`` / ``dispatched`` / ``resolved`` as the operator, or another center client,
+  sends those acks (a state never goes back); ``escalated`` while a new alert's escalated copy
+  has been seen.
 - Agents from their birth and death certificates (a stale session never overrides a newer one).
 - Reception reports (``heard``): agents that heard an alert's frame off the air after another
   agent raised it. With the alerts' own receivers, an alert without a fix is placed at the
   receivers' centroid weighted by signal strength (:func:`estimate`).
 - Offline devices from ``device_offline`` / ``device_online`` alerts.
 - Streetlights from the retained ``ansim/center/v1/{district}/lights/{device}`` states.
-- Walk-home sessions the operator started.
+- Walk-home sessions the operator (or another center client) started.
 - What the other center clients (another console, the simulated center) send the agents: their
   acks (``agents/+/ack``) move an alert's state as the operator's own do, their monitoring
   requests (``agents/+/monitor``) start, move and end walks, so every console shows every action.
