@@ -393,7 +393,8 @@ class Story:
         resolved = time.monotonic()
         center.ack(self.sos_id, "resolved")
         center.ack(self.bell_id, "resolved")
-        restored = self.light_commands({"restore": 8})["restore"]  # four for each alert
+        # both alerts blink the same four lights: they go back once the second is resolved
+        restored = self.light_commands({"restore": 4})["restore"]
         back = self.lights_at(NIGHT_PCT, marks, "did not return to its schedule")
         self.bell.wait("kept its strobe on", since=bell_mark, ev="pin", pin=STROBE, value=0)
         self.bell.printed("bell: alarm over (resolved)", bell_mark)
