@@ -367,17 +367,22 @@ class Core:
             return downlinks
         brighten, behind = session.move(request["position"])
         blinking = self._blinking()
-        for device_id in brighten:
-            if device_id not in blinking:  # an open emergency's blink goes first
-                downlinks.append(self.light_command(self.registry.get(device_id), "brighten", lights["brighten_pct"],
+        for light in self._registered(brighten):
+            if light.device_id not in blinking:  # an open emergency's blink goes first
+                downlinks.append(self.light_command(light, "brighten", lights["brighten_pct"],
                                                     lights["monitor_hold_s"], now))
-        self._settle_lights([self.registry.get(device_id) for device_id in behind], now, downlinks)
+        self._settle_lights(self._registered(behind), now, downlinks)
         return downlinks
 
     def _end_monitoring(self, session_id, now, downlinks):
         session = self.monitoring.pop(session_id, None)
         if session is not None:
-            self._settle_lights([self.registry.get(device_id) for device_id in session.end()], now, downlinks)
+            self._settle_lights(self._registered(session.end()), now, downlinks)
+
+    def _registered(self, device_ids):
+        """The lights of ``device_ids`` still in the registry: a reload may remove one that a
+        walk started before it holds."""
+        return [light for light in map(self.registry.get, device_ids) if light is not None]
 
     def resolve(self, alert_id, now):
         """The center resolved an emergency: its lights go back to their schedule."""

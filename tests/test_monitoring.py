@@ -7,6 +7,7 @@ import pytest
 
 from ansim_agent import center_messages
 from ansim_agent import config as config_module
+from ansim_agent import registry as registry_module
 from ansim_agent.intake import Reception
 from ansim_agent.monitoring import Route
 from ansim_agent.service import Agent
@@ -94,6 +95,26 @@ def test_an_open_emergency_keeps_its_blink_through_a_walk_which_gets_the_lights_
         **{i: "restore" for i in light_ids(street, (0, 20, 40))},
         **{i: "brighten" for i in light_ids(street, (60,))}}  # the walker is there
     assert walk({"session": "w", "action": "arrived"}) == {i: "restore" for i in light_ids(street, range(60, 161, 20))}
+    store.close()
+
+
+def test_a_light_removed_from_the_registry_during_a_walk_gets_no_more_commands(tmp_path):
+    street, clock = Street(tmp_path / "street", center_port=1), Clock()
+    core, store = make_core(street, clock)
+
+    def walk(request):
+        return actions(street, core.monitor(center_messages.parse_monitor(json.dumps(request)), clock.now))
+
+    route = [list(ORIGIN), list(offset(ORIGIN, 180))]
+    assert set(walk({"session": "w", "action": "start", "route": route})) == light_ids(street, range(0, 101, 20))
+    removed = street.lights[6].device_id  # at 120 m: the next update would brighten it
+    old = core.registry
+    core.reload(registry_module.Registry([d for d in old.devices.values() if d.device_id != removed],
+                                         old.cameras, old.facilities))
+    assert walk({"session": "w", "action": "update", "position": list(offset(ORIGIN, 60, 2))}) == {
+        **{i: "restore" for i in light_ids(street, (0, 20, 40))},
+        **{i: "brighten" for i in light_ids(street, (140, 160))}}
+    assert removed not in walk({"session": "w", "action": "arrived"})
     store.close()
 
 
